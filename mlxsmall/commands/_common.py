@@ -1,0 +1,70 @@
+"""Options shared by the commands that load and run a model."""
+
+import argparse
+
+
+def add_model_argument(parser, required=False):
+    help_text = (
+        "model: a local model directory, an alias from `mlxsmall models` "
+        "(e.g. mobillama-q4) or a Hugging Face repo id"
+    )
+    if required:
+        parser.add_argument("model", help=help_text)
+    else:
+        parser.add_argument(
+            "model", nargs="?", default=None,
+            help=help_text + " (default: the offline SmolLM2-135M-Instruct model)",
+        )
+    parser.add_argument(
+        "--dtype", default="auto", choices=["auto", "stored", "float32", "float16", "bfloat16"],
+        help="weights at run time: auto = fp32 on CPU (fastest there), stored format elsewhere; "
+        "stored = exactly as saved (keeps quantized kernels)",
+    )
+
+
+def add_sampling_arguments(parser):
+    group = parser.add_argument_group("sampling")
+    group.add_argument("-m", "--max-tokens", type=int, default=256, help="tokens to generate (default 256)")
+    group.add_argument("-t", "--temperature", "--temp", type=float, default=0.0, help="0 = greedy (default)")
+    group.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling (default 1.0 = off)")
+    group.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens (0 = off)")
+    group.add_argument("--repetition-penalty", type=float, default=None)
+    group.add_argument("--seed", type=int, default=None, help="random seed for sampling")
+    group.add_argument("--stop", action="append", default=[], metavar="TEXT",
+                       help="stop when TEXT is generated (repeatable)")
+
+
+def sampling_kwargs(args) -> dict:
+    return dict(
+        temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
+        repetition_penalty=args.repetition_penalty, seed=args.seed,
+    )
+
+
+def model_path(args):
+    """The model directory for ``args.model`` (the offline default when not given)."""
+    from ..loading import resolve_model_path
+
+    if args.model:
+        return resolve_model_path(args.model)
+    from ..hub import default_model_path
+
+    return default_model_path()
+
+
+def load_for_run(args):
+    """``(model, tokenizer, path)`` following --dtype."""
+    from ..loading import load
+
+    path = model_path(args)
+    if args.dtype == "stored":
+        model, tokenizer = load(path, dtype=None, dequantize=False)
+    elif args.dtype == "auto":
+        model, tokenizer = load(path)
+    else:
+        model, tokenizer = load(path, dtype=args.dtype, dequantize=True)
+    return model, tokenizer, path
+
+
+class Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    pass

@@ -1,0 +1,80 @@
+"""mlxsmall chat: a multi-turn REPL."""
+
+import argparse
+import sys
+
+from ._common import add_model_argument, add_sampling_arguments, load_for_run, sampling_kwargs
+
+EPILOG = """\
+in the chat:
+  /reset   forget the conversation      /quit   leave (or Ctrl-D)
+  Ctrl-C   stop the current answer (the chat goes on)
+
+examples:
+  mlxsmall chat                          # offline default model
+  mlxsmall chat mobillama-q4             # downloads, converts, quantizes, caches once
+  mlxsmall chat ./my-model --system "You are terse." --temp 0.7
+"""
+
+
+def register(subparsers):
+    parser = subparsers.add_parser(
+        "chat", help="chat with a model in the terminal",
+        description="Multi-turn chat with the model's chat template.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_model_argument(parser)
+    parser.add_argument("--system", default=None, help="system prompt")
+    parser.add_argument("--template", choices=["tokenizer", "fastchat", "plain"], default=None,
+                        help="prompt format (default: the model's own; fastchat = MobiLlama-Chat)")
+    parser.add_argument("--context", type=int, default=None,
+                        help="context length in tokens (default: the model's max_position_embeddings)")
+    add_sampling_arguments(parser)
+    parser.set_defaults(func=run, max_tokens=512)
+
+
+def run(args):
+    from ..chat import ChatSession
+    from ..loading import read_config
+
+    model, tokenizer, path = load_for_run(args)
+    config = read_config(path)
+    template = args.template
+    if template == "tokenizer":
+        template = None
+    elif template is None and config.get("chat_template_name") == "fastchat_one_shot":
+        template = "fastchat"
+    context = args.context or config.get("max_position_embeddings") or 2048
+    session = ChatSession(
+        model, tokenizer, context_length=context, max_tokens=min(args.max_tokens, context // 2),
+        system=args.system, template=template,
+    )
+    print(f"chatting with {path.name} ({session.template_name} template). /reset, /quit, Ctrl-C stops an answer.")
+    while True:
+        try:
+            text = input(">> ")
+        except EOFError:
+            print()
+            return 0
+        except KeyboardInterrupt:
+            print()
+            continue
+        command = text.strip()
+        if not command:
+            continue
+        if command in ("/quit", "/exit"):
+            return 0
+        if command == "/reset":
+            session.reset()
+            print("[conversation cleared]")
+            continue
+        try:
+            for step in session.send(text, **sampling_kwargs(args)):
+                sys.stdout.write(step.text)
+                sys.stdout.flush()
+        except KeyboardInterrupt:
+            print("\n[answer stopped]")
+            continue
+        for notice in session.notices:
+            print(f"\n[{notice}]", file=sys.stderr)
+        print()

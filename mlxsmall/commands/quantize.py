@@ -1,0 +1,53 @@
+"""mlxsmall quantize: write a quantized copy of a model."""
+
+import argparse
+
+from ..quantize import RECIPES, SUPPORTED_BITS
+
+EPILOG = f"""\
+Shared weights stay shared: MobiLlama's FFN and layer-shared blocks are
+quantized and stored once.
+
+mixed recipes (llama.cpp Q*_K_M style): {', '.join(RECIPES)}
+  low bits for most layers, high bits for the output head / embedding, the
+  shared FFN and the value/down projections of the first and last blocks.
+
+examples:
+  mlxsmall quantize ./mobillama-05b -o ./mobillama-05b-q4 --bits 4
+  mlxsmall quantize ./mobilellm-125m -o ./mobilellm-125m-mixed --mixed mixed_3_6
+"""
+
+
+def register(subparsers):
+    parser = subparsers.add_parser(
+        "quantize", help="quantize a model (2-8 bits, mixed recipes)",
+        description="Quantize a model into the mlx-lm compatible format.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("source", help="model directory, alias or HF repo id")
+    parser.add_argument("-o", "--output", required=True, help="output directory")
+    parser.add_argument("--bits", type=int, default=4, choices=SUPPORTED_BITS, help="bits per weight (default 4)")
+    parser.add_argument("--group-size", type=int, default=64, choices=[32, 64, 128],
+                        help="weights sharing one scale and bias (default 64)")
+    parser.add_argument("--mixed", choices=sorted(RECIPES), default=None, metavar="RECIPE",
+                        help="mixed-precision recipe (overrides --bits per module)")
+    parser.add_argument("--force", action="store_true", help="replace the output directory if it exists")
+    parser.set_defaults(func=run)
+
+
+def run(args):
+    from ..loading import load_model, resolve_model_path, save_model
+    from ..quantize import bits_per_weight, quantize_model
+
+    source = resolve_model_path(args.source)
+    model, config = load_model(source)
+    if config.get("quantization"):
+        from mlx_lm.utils import dequantize_model
+
+        print("source is quantized: dequantizing first (errors add up; prefer a full-precision source)")
+        dequantize_model(model)
+        config = {k: v for k, v in config.items() if k not in ("quantization", "quantization_config")}
+    config = quantize_model(model, config, bits=args.bits, group_size=args.group_size, recipe=args.mixed)
+    save_model(args.output, model, config, tokenizer_src_dir=source, overwrite=args.force)
+    print(f"wrote {args.output}: {bits_per_weight(model):.2f} bits per weight")
+    return 0

@@ -1,0 +1,69 @@
+"""Facts about a model directory: what `mlxsmall info` and the dashboard show."""
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Optional
+
+from .loading import load_model, parameter_counts, weight_bytes
+from .quantize import bits_per_weight
+
+
+@dataclass
+class ModelFacts:
+    path: str
+    architecture: str
+    layers: int
+    applications: int  # block applications per token (2x stored blocks with layer sharing)
+    hidden_size: int
+    heads: int
+    kv_heads: int
+    vocab_size: int
+    parameters: int  # every use counted (an unshared model of the same function)
+    unique_parameters: int  # stored once
+    quantization: Optional[dict]
+    bits_per_weight: float
+    size_on_disk: int  # bytes of weight files
+    resident_bytes: int  # weights as stored, in memory
+    resident_bytes_fp32: int  # weights dequantized to fp32 (the CPU default)
+    sharing: str
+
+    def as_dict(self):
+        return asdict(self)
+
+
+def describe_sharing(config: dict) -> str:
+    if config.get("model_type") == "mobillama":
+        return "one FFN shared by all blocks" if config.get("shared_ffn", True) else "none (per-layer FFN)"
+    if config.get("layer_sharing"):
+        return f"layer sharing x2 ({config.get('layer_sharing_kv', 'shared')} KV)"
+    if config.get("share_embedding") or config.get("tie_word_embeddings"):
+        return "embedding shared with output"
+    return "none"
+
+
+def model_facts(path) -> ModelFacts:
+    path = Path(path)
+    model, config = load_model(path, lazy=True)
+    applied, unique = parameter_counts(model)
+    kv_heads = config.get("num_key_value_heads") or config["num_attention_heads"]
+    if config.get("model_type") == "mobillama":
+        kv_heads = config["num_attention_heads"]
+    disk = sum(f.stat().st_size for f in path.glob("model*.safetensors"))
+    return ModelFacts(
+        path=str(path),
+        architecture=config["model_type"],
+        layers=len(model.layers),
+        applications=model.applications,
+        hidden_size=config["hidden_size"],
+        heads=config["num_attention_heads"],
+        kv_heads=kv_heads,
+        vocab_size=config["vocab_size"],
+        parameters=applied,
+        unique_parameters=unique,
+        quantization=config.get("quantization"),
+        bits_per_weight=bits_per_weight(model),
+        size_on_disk=disk,
+        resident_bytes=weight_bytes(model),
+        resident_bytes_fp32=unique * 4,
+        sharing=describe_sharing(config),
+    )

@@ -1,0 +1,345 @@
+"""The one checkpoint loader and saver for every mlxsmall model.
+
+Format: a directory with ``config.json`` + ``model*.safetensors`` (+ index) +
+tokenizer files, exactly what mlx-lm reads and writes (docs/architecture.md).
+Loading is mlx-lm's ``load_model`` with our architectures plugged in; what we
+add is checking the input first, so that a bad config or a truncated file is
+one clear error line instead of a traceback from inside MLX.
+"""
+
+import dataclasses
+import json
+import os
+import shutil
+import struct
+import tempfile
+from pathlib import Path
+from typing import Optional, Tuple, Union
+
+import mlx.core as mx
+import mlx.nn as nn
+from mlx.utils import tree_flatten, tree_map
+from mlx_lm.utils import dequantize_model, load_model as mlx_lm_load_model, save_config
+from mlx_lm.utils import save_model as mlx_lm_save_weights
+
+from .errors import MlxsmallError
+from .models import ARCHITECTURES, get_architecture
+
+DTYPES = {"float32": mx.float32, "float16": mx.float16, "bfloat16": mx.bfloat16}
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "tokenizer.model",
+    "added_tokens.json",
+    "chat_template.jinja",
+    "chat_template.json",
+    "generation_config.json",
+)
+
+
+# --------------------------------------------------------------------------- config
+
+
+def read_config(model_dir: Path) -> dict:
+    path = Path(model_dir) / "config.json"
+    if not path.is_file():
+        raise MlxsmallError(f"{path}: not found (a model directory needs a config.json)")
+    try:
+        with open(path, encoding="utf-8") as f:
+            config = json.load(f)
+    except json.JSONDecodeError as error:
+        raise MlxsmallError(f"{path}: not valid JSON ({error})") from None
+    if not isinstance(config, dict):
+        raise MlxsmallError(f"{path}: expected a JSON object")
+    return config
+
+
+def architecture_for(config: dict, source: str = "config.json"):
+    """The models/ module that implements this config (mlx-lm ``_get_classes`` style)."""
+    model_type = config.get("model_type")
+    if model_type is None:
+        raise MlxsmallError(f"{source}: missing field 'model_type'")
+    try:
+        return get_architecture(model_type)
+    except ValueError as error:
+        raise MlxsmallError(f"{source}: {error}") from None
+
+
+def model_args(config: dict, source: str = "config.json"):
+    arch = architecture_for(config, source)
+    required = [
+        f.name
+        for f in dataclasses.fields(arch.ModelArgs)
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
+    missing = [name for name in required if name not in config]
+    if missing:
+        raise MlxsmallError(f"{source}: missing field(s) {', '.join(map(repr, missing))}")
+    try:
+        return arch.ModelArgs.from_dict(config)
+    except (ValueError, TypeError) as error:
+        raise MlxsmallError(f"{source}: {error}") from None
+
+
+def build_model(config: dict) -> nn.Module:
+    """A randomly initialised model for this config (no weights read)."""
+    return architecture_for(config).Model(model_args(config))
+
+
+# --------------------------------------------------------------------------- safetensors
+
+
+def check_safetensors(path: Path) -> dict:
+    """Validate a safetensors file's header against its size; return the header.
+
+    MLX reports a truncated or corrupt file with a low-level message (or
+    worse); this names the file and what is wrong with it.
+    """
+    path = Path(path)
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        prefix = f.read(8)
+        if len(prefix) < 8:
+            raise MlxsmallError(f"{path}: truncated safetensors file ({size} bytes)")
+        (header_len,) = struct.unpack("<Q", prefix)
+        if header_len > size - 8:
+            raise MlxsmallError(
+                f"{path}: corrupt or truncated safetensors file (header of {header_len} "
+                f"bytes, file has {size})"
+            )
+        try:
+            header = json.loads(f.read(header_len))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise MlxsmallError(f"{path}: corrupt safetensors header") from None
+    end = 0
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            end = max(end, int(info["data_offsets"][1]))
+        except (KeyError, TypeError, IndexError, ValueError):
+            raise MlxsmallError(f"{path}: corrupt safetensors header entry {name!r}") from None
+    if 8 + header_len + end > size:
+        raise MlxsmallError(
+            f"{path}: truncated safetensors file (needs {8 + header_len + end} bytes, "
+            f"has {size})"
+        )
+    return header
+
+
+def weight_files(model_dir: Path):
+    files = sorted(Path(model_dir).glob("model*.safetensors"))
+    if not files:
+        raise MlxsmallError(f"{model_dir}: no model*.safetensors weight files")
+    return files
+
+
+# --------------------------------------------------------------------------- load
+
+
+def load_model(
+    path: Union[str, Path],
+    *,
+    dtype: Optional[str] = None,
+    dequantize: bool = False,
+    lazy: bool = False,
+    model_config: Optional[dict] = None,
+) -> Tuple[nn.Module, dict]:
+    """Load a model directory in our format. Returns ``(model, config)``.
+
+    ``dtype`` casts floating-point weights ("float32", "float16", "bfloat16");
+    ``dequantize`` turns quantized layers back into dense ones (on CPU, MLX's
+    dense fp32 path is several times faster than its quantized kernels).
+    """
+    model_dir = Path(path)
+    config = read_config(model_dir)
+    if model_config:
+        config.update(model_config)
+    model_args(config, str(model_dir / "config.json"))  # clear errors before mlx-lm sees it
+    headers = {f: check_safetensors(f) for f in weight_files(model_dir)}
+
+    def get_classes(config):
+        arch = architecture_for(config)
+        return arch.Model, arch.ModelArgs
+
+    try:
+        model, config = mlx_lm_load_model(
+            model_dir, lazy=True, strict=True, model_config=model_config,
+            get_model_classes=get_classes,
+        )
+    except ValueError as error:
+        raise MlxsmallError(f"{model_dir}: {describe_weight_error(error, headers)}") from None
+    if dequantize and "quantization" in config:
+        dequantize_model(model)
+    if dtype is not None:
+        cast_floating(model, dtype)
+    if not lazy:
+        mx.eval(model.parameters())
+    return model, config
+
+
+def describe_weight_error(error: Exception, headers: dict) -> str:
+    """One line from mlx's load_weights error, naming the file of the key."""
+    message = " ".join(str(error).split())
+    for file, header in headers.items():
+        for key in header:
+            if key != "__metadata__" and f"{key} " in message + " ":
+                return f"{file.name}: {key}: {message}"
+    return message
+
+
+def cast_floating(model: nn.Module, dtype: str) -> nn.Module:
+    if dtype not in DTYPES:
+        raise MlxsmallError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+    target = DTYPES[dtype]
+    # Quantized layers keep their packed uint32 weights; only floats are cast.
+    model.update(
+        tree_map(
+            lambda p: p.astype(target) if mx.issubdtype(p.dtype, mx.floating) else p,
+            model.parameters(),
+        )
+    )
+    return model
+
+
+def load_tokenizer(path: Union[str, Path]):
+    """mlx-lm's TokenizerWrapper for the tokenizer files in a model directory."""
+    from mlx_lm.tokenizer_utils import load as load_tokenizer_wrapper
+
+    model_dir = Path(path)
+    if not any((model_dir / name).exists() for name in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")):
+        raise MlxsmallError(f"{model_dir}: no tokenizer files (tokenizer.json or tokenizer.model)")
+    config = read_config(model_dir)
+    eos = config.get("eos_token_id")
+    from transformers.utils import logging as transformers_logging
+
+    # AutoTokenizer reads config.json and warns that it does not know our model types.
+    transformers_logging.set_verbosity_error()
+    try:
+        return load_tokenizer_wrapper(model_dir, eos_token_ids=eos)
+    except (OSError, ValueError) as error:
+        raise MlxsmallError(f"{model_dir}: cannot load the tokenizer ({error})") from None
+
+
+def running_on_cpu() -> bool:
+    return mx.default_device() == mx.cpu
+
+
+def resolve_model_path(path_or_alias: Union[str, Path]) -> Path:
+    """A local model directory for a path, an alias (``mlxsmall models``) or a HF repo id."""
+    path = Path(path_or_alias).expanduser()
+    if path.is_dir():
+        return path
+    if path.suffix == ".gguf":
+        raise MlxsmallError(
+            f"{path}: GGUF files are converted first: mlxsmall convert {path} -o DIR"
+        )
+    try:
+        from . import hub
+    except ImportError:
+        raise MlxsmallError(f"{path_or_alias}: no such model directory") from None
+    return hub.resolve_model(str(path_or_alias))
+
+
+def load(
+    path_or_alias: Union[str, Path],
+    *,
+    dtype: Optional[str] = "auto",
+    dequantize: Optional[bool] = None,
+):
+    """Load ``(model, tokenizer)`` from a directory, alias or HF repo id.
+
+    Defaults follow the hardware: on CPU, quantized and half-precision models
+    run as fp32 (MLX's CPU quantized and bf16 kernels are several times slower
+    than its OpenBLAS fp32 path); elsewhere the stored format is kept.
+    ``dtype=None`` and ``dequantize=False`` keep the weights exactly as stored.
+    """
+    model_dir = resolve_model_path(path_or_alias)
+    cpu = running_on_cpu()
+    if dequantize is None:
+        dequantize = cpu
+    if dtype == "auto":
+        dtype = "float32" if cpu else None
+    model, _ = load_model(model_dir, dtype=dtype, dequantize=dequantize)
+    return model, load_tokenizer(model_dir)
+
+
+# --------------------------------------------------------------------------- save
+
+
+def save_model(
+    dst: Union[str, Path],
+    model: nn.Module,
+    config: dict,
+    *,
+    tokenizer=None,
+    tokenizer_src_dir: Optional[Union[str, Path]] = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write a model directory atomically: into a temp dir beside ``dst``, then rename.
+
+    An interrupted or failed save (Ctrl-C, full disk) leaves ``dst`` as it was.
+    """
+    dst = Path(dst)
+    if dst.exists() and not overwrite:
+        raise MlxsmallError(f"{dst}: already exists (pass overwrite / --force to replace it)")
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".partial", dir=dst.parent))
+    try:
+        mlx_lm_save_weights(tmp, model)
+        save_config(dict(config), tmp / "config.json")
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(tmp))
+        elif tokenizer_src_dir is not None:
+            for name in TOKENIZER_FILES:
+                src = Path(tokenizer_src_dir) / name
+                if src.exists():
+                    shutil.copy2(src, tmp / name)
+        if dst.exists():
+            old = dst.with_name(f".{dst.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(dst, old)
+            os.replace(tmp, dst)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, dst)
+    except OSError as error:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise MlxsmallError(f"{dst}: could not save the model ({error.strerror or error})") from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dst
+
+
+# --------------------------------------------------------------------------- facts
+
+
+def parameter_counts(model: nn.Module) -> Tuple[int, int]:
+    """``(parameters, unique)`` counts; quantized weights count their original elements.
+
+    ``unique`` is what is stored once. ``parameters`` counts MobiLlama's shared
+    FFN once per block, as the paper's "duplicated" figure does (SPEC.md:
+    534,865,920 unique vs 1,261,529,088 for 05B). Layer-shared MobileLLM blocks
+    count once: the papers report their size that way (125M-LS is 125M).
+    """
+    from mlx_lm.utils import get_total_parameters
+
+    unique = get_total_parameters(model)
+    applied = unique
+    shared_mlp = getattr(getattr(model, "model", None), "shared_mlp", None)
+    if shared_mlp is not None:
+        applied += get_total_parameters(shared_mlp) * (len(model.layers) - 1)
+    return applied, unique
+
+
+def weight_bytes(model: nn.Module) -> int:
+    return sum(v.nbytes for _, v in tree_flatten(model.parameters()))
+
+
+__all__ = [
+    "ARCHITECTURES", "build_model", "check_safetensors", "load", "load_model",
+    "load_tokenizer", "model_args", "parameter_counts", "read_config",
+    "resolve_model_path", "save_model", "weight_bytes",
+]

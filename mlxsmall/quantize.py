@@ -1,0 +1,101 @@
+"""Quantization into the one mlx-lm compatible format.
+
+``config["quantization"] = {"group_size": G, "bits": B, "<module.path>": {...}}``
+with per-module overrides for mixed precision. Shared weights stay shared:
+MobiLlama's FFN is one module (``model.shared_mlp``) and layer-shared blocks
+are stored once, so each is quantized and stored once.
+"""
+
+import copy
+import re
+from typing import Callable, Optional, Union
+
+import mlx.nn as nn
+
+from .errors import MlxsmallError
+
+SUPPORTED_BITS = (2, 3, 4, 5, 6, 8)
+# mlx-lm's recipe names (low bits, high bits), llama.cpp Q*_K_M-like choices.
+RECIPES = {"mixed_2_6": (2, 6), "mixed_3_4": (3, 4), "mixed_3_6": (3, 6), "mixed_4_6": (4, 6)}
+LAYER_INDEX = re.compile(r"\blayers\.(\d+)\.")
+
+
+def is_quantized(config: dict) -> bool:
+    return bool(config.get("quantization"))
+
+
+def mixed_recipe(recipe: str, num_layers: int, group_size: int) -> Callable:
+    """Per-module bits for a mixed recipe.
+
+    More bits where errors hurt most: the value and down projections of the
+    first and last eighth of the blocks (and every third one between), the
+    output head / shared embedding, and the shared FFN, which every block uses.
+    """
+    if recipe not in RECIPES:
+        raise MlxsmallError(f"unknown recipe {recipe!r}; choose one of {', '.join(RECIPES)}")
+    low, high = RECIPES[recipe]
+
+    def more_bits_for_layer(index: int) -> bool:
+        eighth = num_layers // 8
+        return index < eighth or index >= 7 * num_layers // 8 or (index - eighth) % 3 == 2
+
+    def predicate(path: str, module: nn.Module) -> dict:
+        bits = low
+        match = LAYER_INDEX.search(path)
+        if "shared_mlp" in path or "lm_head" in path or "embed_tokens" in path:
+            bits = high
+        elif match and ("v_proj" in path or "down_proj" in path):
+            bits = high if more_bits_for_layer(int(match.group(1))) else low
+        return {"group_size": group_size, "bits": bits}
+
+    return predicate
+
+
+def quantize_model(
+    model: nn.Module,
+    config: dict,
+    bits: int = 4,
+    group_size: int = 64,
+    recipe: Optional[str] = None,
+    predicate: Optional[Callable[[str, nn.Module], Union[bool, dict]]] = None,
+) -> dict:
+    """Quantize ``model`` in place; return the config with its ``quantization`` block.
+
+    ``recipe`` (e.g. "mixed_3_6") or ``predicate(path, module) -> bool | dict``
+    choose per-module settings; modules whose input size is not a multiple of
+    the group size stay in full precision.
+    """
+    if bits not in SUPPORTED_BITS:
+        raise MlxsmallError(f"--bits must be one of {SUPPORTED_BITS}, got {bits}")
+    if group_size not in (32, 64, 128):
+        raise MlxsmallError(f"--group-size must be 32, 64 or 128, got {group_size}")
+    if is_quantized(config):
+        raise MlxsmallError("the model is already quantized: dequantize it first")
+    if recipe is not None:
+        predicate = mixed_recipe(recipe, len(model.layers), group_size)
+        bits = RECIPES[recipe][0]
+
+    block = {"group_size": group_size, "bits": bits}
+    config = copy.deepcopy(config)
+    config["quantization"] = dict(block)
+
+    def choose(path: str, module: nn.Module):
+        if not hasattr(module, "to_quantized") or module.weight.shape[-1] % group_size:
+            return False
+        choice = predicate(path, module) if predicate is not None else True
+        if isinstance(choice, dict):
+            if choice != block:
+                config["quantization"][path] = choice
+        elif choice is False:
+            return False
+        return choice
+
+    nn.quantize(model, group_size=group_size, bits=bits, class_predicate=choose)
+    config["quantization_config"] = config["quantization"]
+    return config
+
+
+def bits_per_weight(model: nn.Module) -> float:
+    from mlx_lm.utils import compute_bits_per_weight
+
+    return compute_bits_per_weight(model)

@@ -1,0 +1,295 @@
+"""The training loop shared by finetuning and pretraining.
+
+One step = one optimizer update over a global batch of ``batch_size`` rows
+times ``grad_accumulation`` micro-batches. The loss is the token-weighted mean
+over the *whole* global step (every rank and micro-batch divides by the same
+global token count), so summing gradients over micro-batches and ranks gives
+exactly the single-process gradient: a data-parallel run follows the same loss
+curve as one process with the same global batch.
+
+The loop never prints. It publishes ``mlxsmall.events`` (kind ``"train"``) and
+appends the same records to a JSONL log; the CLI renders a progress bar from
+the events. Only rank 0 writes logs and checkpoints.
+"""
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Callable, Optional
+
+import mlx.core as mx
+import mlx.nn as nn
+import mlx.optimizers as optim
+import numpy as np
+from mlx.utils import tree_flatten, tree_map
+
+from .. import events
+from ..errors import MlxsmallError
+from . import checkpoint as ckpt
+from .data import Batch, BatchStream
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 100
+    batch_size: int = 4
+    grad_accumulation: int = 1
+    learning_rate: float = 1e-4
+    min_learning_rate: float = 0.0
+    warmup_steps: int = 0
+    optimizer: str = "adamw"  # adamw | adafactor
+    weight_decay: float = 0.0
+    max_grad_norm: float = 0.0  # 0: no clipping
+    seed: int = 0
+    eval_every: int = 0  # 0: only at the start and the end
+    val_batches: int = 8
+    save_every: int = 0  # 0: only at the end
+    keep_checkpoints: int = 2
+    grad_checkpoint: bool = False
+    report_every: int = 1
+    extra: dict = field(default_factory=dict)  # method settings recorded with checkpoints
+
+
+def build_schedule(config: TrainConfig):
+    """Cosine decay to ``min_learning_rate`` after a linear warm-up."""
+    decay_steps = max(config.steps - config.warmup_steps, 1)
+    cosine = optim.cosine_decay(config.learning_rate, decay_steps, config.min_learning_rate)
+    if config.warmup_steps <= 0:
+        return cosine
+    warmup = optim.linear_schedule(config.learning_rate / config.warmup_steps,
+                                   config.learning_rate, config.warmup_steps)
+    return optim.join_schedules([warmup, cosine], [config.warmup_steps])
+
+
+def build_optimizer(config: TrainConfig):
+    schedule = build_schedule(config)
+    if config.optimizer == "adamw":
+        return optim.AdamW(learning_rate=schedule, weight_decay=config.weight_decay)
+    if config.optimizer == "adafactor":
+        return optim.Adafactor(learning_rate=schedule, relative_step=False, scale_parameter=False)
+    raise MlxsmallError(f"unknown optimizer {config.optimizer!r}; use adamw or adafactor")
+
+
+def cross_entropy_loss(model, inputs, targets, mask, normalizer):
+    """Sum of masked token losses divided by the global step's token count."""
+    logits = model(inputs).astype(mx.float32)
+    losses = nn.losses.cross_entropy(logits, targets) * mask
+    return losses.sum() / normalizer
+
+
+def use_grad_checkpointing(model):
+    """Recompute each block's activations in the backward pass (mlx-lm's helper)."""
+    from mlx_lm.tuner.trainer import grad_checkpoint
+
+    grad_checkpoint(model.layers[0])
+
+
+class Trainer:
+    """Runs ``config.steps`` optimizer steps on ``model``'s trainable parameters.
+
+    ``loss_fn(model, inputs, targets, mask, normalizer) -> scalar`` may be
+    replaced (distillation). ``output_dir`` receives ``train_log.jsonl`` and
+    ``checkpoints/``.
+    """
+
+    def __init__(self, model, train_stream: BatchStream, config: TrainConfig, *,
+                 valid_stream: Optional[BatchStream] = None, output_dir=None,
+                 loss_fn: Callable = cross_entropy_loss, group=None):
+        self.model = model
+        self.train_stream = train_stream
+        self.valid_stream = valid_stream
+        self.config = config
+        self.loss_fn = loss_fn
+        self.output_dir = Path(output_dir) if output_dir is not None else None
+        self.group = group if group is not None else mx.distributed.init()
+        self.rank = self.group.rank()
+        self.world_size = self.group.size()
+        if train_stream.batch_size % self.world_size:
+            raise MlxsmallError(f"batch size {train_stream.batch_size} is not divisible by the "
+                                f"{self.world_size} data-parallel processes")
+        self.optimizer = build_optimizer(config)
+        self.step = 0
+        self.trained_tokens = 0
+        self.last_val_loss = None
+
+    # -- state ---------------------------------------------------------------
+
+    @property
+    def checkpoint_root(self) -> Optional[Path]:
+        return self.output_dir / "checkpoints" if self.output_dir else None
+
+    def restore(self, path: Path):
+        trainable, optimizer_state, state = ckpt.load_checkpoint(path)
+        expected = set(k for k, _ in tree_flatten(self.model.trainable_parameters()))
+        if set(trainable) != expected:
+            missing = sorted(expected - set(trainable))[:1] or sorted(set(trainable) - expected)[:1]
+            raise MlxsmallError(f"{path}: checkpoint does not match this model/method "
+                                f"(first mismatched weight: {missing[0]})")
+        if state.get("examples") != len(self.train_stream.examples):
+            raise MlxsmallError(f"{path}: checkpoint was made with {state.get('examples')} training "
+                                f"examples, the data now has {len(self.train_stream.examples)}")
+        self.model.load_weights(list(trainable.items()), strict=False)
+        self.optimizer.state = optimizer_state
+        self.step = int(state["step"])
+        self.trained_tokens = int(state.get("trained_tokens", 0))
+        self.last_val_loss = state.get("val_loss")
+        mx.eval(self.model.parameters(), self.optimizer.state)
+
+    def save_checkpoint(self):
+        if self.rank != 0 or self.checkpoint_root is None:
+            return None
+        trainable = dict(tree_flatten(self.model.trainable_parameters()))
+        state = {
+            "position": self.step * self.config.grad_accumulation,
+            "examples": len(self.train_stream.examples),
+            "trained_tokens": self.trained_tokens,
+            "val_loss": self.last_val_loss,
+            "config": asdict(self.config),
+        }
+        return ckpt.save_checkpoint(self.checkpoint_root, self.step, trainable,
+                                    self.optimizer.state, state, keep=self.config.keep_checkpoints)
+
+    # -- reporting -----------------------------------------------------------
+
+    def emit(self, phase: str, **fields):
+        if self.rank != 0:
+            return
+        record = dict(phase=phase, step=self.step, total_steps=self.config.steps, **fields)
+        events.publish("train", **record)
+        if self.output_dir is not None:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            with open(self.output_dir / "train_log.jsonl", "a") as log:
+                log.write(json.dumps(dict(record, time=time.time())) + "\n")
+
+    # -- computation ---------------------------------------------------------
+
+    def evaluate(self, num_batches: Optional[int] = None) -> Optional[float]:
+        """Token-weighted validation loss over the first ``num_batches`` batches."""
+        if self.valid_stream is None:
+            return None
+        num_batches = num_batches or self.config.val_batches
+        num_batches = min(num_batches, self.valid_stream.batches_per_epoch)
+        self.model.eval()
+        total, tokens = mx.array(0.0), mx.array(0.0)
+        for position in range(num_batches):
+            batch = self.valid_stream.batch(position).shard(self.rank, self.world_size)
+            mask = mx.array(batch.mask)
+            total = total + self.loss_fn(self.model, mx.array(batch.inputs),
+                                         mx.array(batch.targets), mask, mx.array(1.0))
+            tokens = tokens + mask.sum()
+            mx.eval(total, tokens)
+        if self.world_size > 1:
+            total = mx.distributed.all_sum(total, group=self.group, stream=mx.cpu)
+            tokens = mx.distributed.all_sum(tokens, group=self.group, stream=mx.cpu)
+        self.model.train()
+        return (total / mx.maximum(tokens, 1.0)).item()
+
+    def global_batches(self, step: int):
+        accumulation = self.config.grad_accumulation
+        first = step * accumulation
+        return [self.train_stream.batch(first + i) for i in range(accumulation)]
+
+    def build_step(self):
+        model, optimizer, group = self.model, self.optimizer, self.group
+        value_and_grad = nn.value_and_grad(model, self.loss_fn)
+        world_size = self.world_size
+        max_grad_norm = self.config.max_grad_norm
+        state = [model.state, optimizer.state, mx.random.state]
+
+        @partial(mx.compile, inputs=state, outputs=state)
+        def micro_step(inputs, targets, mask, normalizer, accumulated):
+            loss, grads = value_and_grad(model, inputs, targets, mask, normalizer)
+            if accumulated is not None:
+                grads = tree_map(mx.add, grads, accumulated)
+            return loss, grads
+
+        @partial(mx.compile, inputs=state, outputs=state)
+        def apply(grads):
+            if world_size > 1:
+                grads = tree_map(lambda g: mx.distributed.all_sum(g, group=group), grads)
+            if max_grad_norm > 0:
+                grads, _ = optim.clip_grad_norm(grads, max_grad_norm)
+            optimizer.update(model, grads)
+
+        return micro_step, apply, state
+
+    def train(self, resume_from: Optional[Path] = None):
+        config = self.config
+        if resume_from is not None:
+            self.restore(resume_from)
+        if config.grad_checkpoint:
+            use_grad_checkpointing(self.model)
+        self.model.train()
+        self.optimizer.init(self.model.trainable_parameters())
+        micro_step, apply, state = self.build_step()
+
+        if self.step == 0 or self.last_val_loss is None:
+            self.last_val_loss = self.evaluate()
+        self.emit("start", resumed=resume_from is not None, val_loss=self.last_val_loss,
+                  world_size=self.world_size,
+                  trainable_parameters=sum(v.size for _, v in tree_flatten(self.model.trainable_parameters())))
+        mx.reset_peak_memory()
+        window_tokens, window_time = 0, 0.0
+        run_start = time.perf_counter()
+        steps_this_run = 0
+        while self.step < config.steps:
+            tic = time.perf_counter()
+            # The RNG (dropout) is a function of (seed, step): resuming restores it exactly.
+            mx.random.seed(config.seed * 1_000_003 + self.step)
+            batches = self.global_batches(self.step)
+            normalizer = mx.array(float(max(sum(b.num_tokens for b in batches), 1)))
+            grads, loss = None, mx.array(0.0)
+            for batch in batches:
+                shard = batch.shard(self.rank, self.world_size)
+                micro_loss, grads = micro_step(mx.array(shard.inputs), mx.array(shard.targets),
+                                               mx.array(shard.mask), normalizer, grads)
+                loss = loss + micro_loss
+            apply(grads)
+            if self.world_size > 1:
+                loss = mx.distributed.all_sum(loss, group=self.group, stream=mx.cpu)
+            mx.eval(state, loss)
+            step_tokens = sum(b.num_tokens for b in batches)
+            self.step += 1
+            steps_this_run += 1
+            self.trained_tokens += step_tokens
+            window_tokens += step_tokens
+            window_time += time.perf_counter() - tic
+
+            if self.step % config.report_every == 0 or self.step == config.steps:
+                elapsed = time.perf_counter() - run_start
+                remaining = config.steps - self.step
+                self.emit("step", loss=loss.item(),
+                          learning_rate=float(self.optimizer.learning_rate.item()),
+                          tokens_per_second=window_tokens / max(window_time, 1e-9),
+                          trained_tokens=self.trained_tokens,
+                          peak_memory_gb=mx.get_peak_memory() / 1e9,
+                          eta_seconds=elapsed / steps_this_run * remaining)
+                window_tokens, window_time = 0, 0.0
+            if config.eval_every and self.step % config.eval_every == 0 and self.step < config.steps:
+                self.last_val_loss = self.evaluate()
+                if self.last_val_loss is not None:
+                    self.emit("eval", val_loss=self.last_val_loss)
+            if config.save_every and self.step % config.save_every == 0 and self.step < config.steps:
+                saved = self.save_checkpoint()
+                if saved is not None:
+                    self.emit("checkpoint", path=str(saved))
+
+        self.last_val_loss = self.evaluate()
+        if self.last_val_loss is not None:
+            self.emit("eval", val_loss=self.last_val_loss)
+        saved = self.save_checkpoint()
+        self.emit("done", val_loss=self.last_val_loss, trained_tokens=self.trained_tokens,
+                  checkpoint=str(saved) if saved else None)
+        return self.last_val_loss
+
+
+def perplexity(loss: Optional[float]) -> Optional[float]:
+    return math.exp(loss) if loss is not None and loss < 50 else None
+
+
+def seed_everything(seed: int):
+    mx.random.seed(seed)
+    np.random.seed(seed)

@@ -1,0 +1,131 @@
+"""MobiLlama (MBZUAI): a LLaMA-style decoder whose blocks keep their own
+attention but all call ONE SwiGLU FFN (`model.shared_mlp`), held in memory once.
+
+The "large-base" 1B variant is a plain per-layer-FFN LLaMA: ``shared_ffn: false``.
+
+Checkpoint facts this module encodes (SPEC.md): attention is full multi-head
+whatever ``num_key_value_heads`` says; RoPE theta is always 10000 (the
+reference code ignores ``rope_theta``); the output head is untied.
+"""
+
+from dataclasses import dataclass
+from typing import Optional
+
+import mlx.core as mx
+import mlx.nn as nn
+from mlx_lm.models.base import BaseModelArgs, create_attention_mask
+from mlx_lm.models.cache import KVCache
+
+from . import mobilellm
+from .mobilellm import MLP, TransformerBlock, drop_rotary_buffers
+
+REFERENCE_ROPE_THETA = 10000.0
+MLP_PROJECTIONS = ("gate_proj", "up_proj", "down_proj")
+
+
+@dataclass
+class ModelArgs(BaseModelArgs):
+    model_type: str
+    hidden_size: int
+    num_hidden_layers: int
+    intermediate_size: int
+    num_attention_heads: int
+    vocab_size: int
+    rms_norm_eps: float = 1e-5
+    max_position_embeddings: Optional[int] = None
+    shared_ffn: bool = True
+    # Kept only so that configs round-trip; attention is full multi-head.
+    num_key_value_heads: Optional[int] = None
+
+    def block_args(self) -> mobilellm.ModelArgs:
+        return mobilellm.ModelArgs(
+            model_type=self.model_type,
+            hidden_size=self.hidden_size,
+            num_hidden_layers=self.num_hidden_layers,
+            intermediate_size=self.intermediate_size,
+            num_attention_heads=self.num_attention_heads,
+            num_key_value_heads=self.num_attention_heads,
+            vocab_size=self.vocab_size,
+            rms_norm_eps=self.rms_norm_eps,
+            rope_theta=REFERENCE_ROPE_THETA,
+            max_position_embeddings=self.max_position_embeddings,
+        )
+
+
+class MobiLlamaModel(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.args = args
+        block_args = args.block_args()
+        self.embed_tokens = nn.Embedding(args.vocab_size, args.hidden_size)
+        self.layers = [
+            TransformerBlock(block_args, own_mlp=not args.shared_ffn)
+            for _ in range(args.num_hidden_layers)
+        ]
+        if args.shared_ffn:
+            self.shared_mlp = MLP(args.hidden_size, args.intermediate_size)
+        self.norm = nn.RMSNorm(args.hidden_size, eps=args.rms_norm_eps)
+
+    def __call__(self, inputs, cache=None, input_embeddings=None):
+        h = input_embeddings if input_embeddings is not None else self.embed_tokens(inputs)
+        if cache is None:
+            cache = [None] * len(self.layers)
+        mask = create_attention_mask(h, cache[0])
+        shared_mlp = self.shared_mlp if self.args.shared_ffn else None
+        for layer, slot in zip(self.layers, cache):
+            h = layer(h, mask, slot, mlp=shared_mlp)
+        return self.norm(h)
+
+
+class Model(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.args = args
+        self.model_type = args.model_type
+        self.model = MobiLlamaModel(args)
+        self.lm_head = nn.Linear(args.hidden_size, args.vocab_size, bias=False)
+
+    def __call__(self, inputs: mx.array, cache=None, input_embeddings=None) -> mx.array:
+        return self.lm_head(self.model(inputs, cache, input_embeddings))
+
+    def sanitize(self, weights: dict) -> dict:
+        weights = drop_rotary_buffers(weights)
+        if self.args.shared_ffn and not any(k.startswith("model.shared_mlp.") for k in weights):
+            weights = fold_layer_mlps(weights, self.args.num_hidden_layers)
+        return weights
+
+    @property
+    def layers(self):
+        return self.model.layers
+
+    @property
+    def applications(self) -> int:
+        return len(self.layers)
+
+    def make_cache(self):
+        return [KVCache() for _ in self.layers]
+
+
+def fold_layer_mlps(weights: dict, num_layers: int) -> dict:
+    """Turn the upstream per-layer MLP copies into the one ``model.shared_mlp``.
+
+    The official model hands one LlamaMLP to every layer, so its state dict
+    repeats ``model.layers.{i}.mlp.*``. Every copy must be identical: a
+    checkpoint whose copies differ is not a shared-FFN model.
+    """
+    weights = dict(weights)
+    for i in range(num_layers):
+        prefix = f"model.layers.{i}.mlp."
+        for key in [k for k in weights if k.startswith(prefix)]:
+            name = key[len(prefix):]
+            value = weights.pop(key)
+            shared_key = "model.shared_mlp." + name
+            reference = weights.get(shared_key)
+            if reference is None:
+                weights[shared_key] = value
+            elif reference.shape != value.shape or not mx.array_equal(reference, value).item():
+                raise ValueError(
+                    f"{key} differs from model.layers.0.mlp.{name}: the FFN copies are not "
+                    f"identical, so this is not a shared-FFN checkpoint (use shared_ffn: false)"
+                )
+    return weights
