@@ -1,0 +1,233 @@
+"""Scores for evaluation tasks: pure functions of predictions and references.
+
+Nothing here touches a model except ``loglikelihoods`` and ``perplexity``,
+which only call ``model(tokens) -> logits`` (batch, length, vocab).
+"""
+
+import math
+import re
+import sqlite3
+import string
+from collections import Counter
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import mlx.core as mx
+
+# ---------------------------------------------------------------------------------------------
+# Question answering: SQuAD's exact match and token F1
+
+
+def normalize_answer(text: str) -> str:
+    """SQuAD v1.1 normalisation: lower case, drop punctuation and articles, squeeze spaces."""
+    text = text.lower()
+    text = "".join(ch for ch in text if ch not in set(string.punctuation))
+    text = re.sub(r"\b(a|an|the)\b", " ", text)
+    return " ".join(text.split())
+
+
+def exact_match(prediction: str, reference: str) -> float:
+    return float(normalize_answer(prediction) == normalize_answer(reference))
+
+
+def f1_score(prediction: str, reference: str) -> float:
+    prediction_tokens = normalize_answer(prediction).split()
+    reference_tokens = normalize_answer(reference).split()
+    if not prediction_tokens or not reference_tokens:
+        return float(prediction_tokens == reference_tokens)
+    common = Counter(prediction_tokens) & Counter(reference_tokens)
+    same = sum(common.values())
+    if same == 0:
+        return 0.0
+    precision = same / len(prediction_tokens)
+    recall = same / len(reference_tokens)
+    return 2 * precision * recall / (precision + recall)
+
+
+def best_over_references(metric: Callable[[str, str], float], prediction: str, references: Sequence[str]) -> float:
+    return max(metric(prediction, reference) for reference in references)
+
+
+# ---------------------------------------------------------------------------------------------
+# Summarization: ROUGE through Google's rouge-score package
+
+ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
+
+
+def rouge(prediction: str, reference: str) -> Dict[str, float]:
+    """ROUGE-1/2/L F-measures (with Porter stemming, as the CNN/DM and XSum papers report)."""
+    from rouge_score import rouge_scorer
+
+    scorer = _rouge_scorer(rouge_scorer)
+    scores = scorer.score(reference, prediction)
+    return {name: scores[name].fmeasure for name in ROUGE_TYPES}
+
+
+_SCORER = None
+
+
+def _rouge_scorer(module):
+    global _SCORER
+    if _SCORER is None:
+        _SCORER = module.RougeScorer(list(ROUGE_TYPES), use_stemmer=True)
+    return _SCORER
+
+
+# ---------------------------------------------------------------------------------------------
+# Text-to-SQL: execution accuracy in sqlite, plus normalised exact match
+
+
+def normalize_sql(query: str) -> str:
+    query = query.strip().rstrip(";").strip()
+    query = re.sub(r"\s+", " ", query)
+    query = re.sub(r"\s*([(),=<>])\s*", r"\1", query)
+    return query.lower()
+
+
+def sql_exact_match(prediction: str, reference: str) -> float:
+    return float(normalize_sql(prediction) == normalize_sql(reference))
+
+
+def _column_values(sql_type: str, row: int) -> object:
+    # A few deterministic rows per table so WHERE/ORDER BY/aggregates differ between queries.
+    sql_type = sql_type.upper()
+    if any(t in sql_type for t in ("INT", "REAL", "NUM", "FLOAT", "DOUBLE", "DEC")):
+        return [3, 17, 42, 56, 57, 99, 1999, 8][row % 8]
+    return ["Boston", "Jane Austen", "toys", "alpha", "beta", "Boston", "gamma", "1999"][row % 8]
+
+
+def build_database(create_context: str, rows: int = 8) -> sqlite3.Connection:
+    """An in-memory sqlite database with the tables of ``CREATE TABLE ...`` statements,
+    each filled with ``rows`` deterministic rows (sql-create-context ships schemas, no data)."""
+    connection = sqlite3.connect(":memory:")
+    statements = [s.strip() for s in create_context.split(";") if s.strip()]
+    for statement in statements:
+        connection.execute(statement)
+        match = re.match(r"CREATE TABLE\s+(\S+)\s*\((.*)\)\s*$", statement, re.IGNORECASE | re.DOTALL)
+        if not match:
+            continue
+        table, columns = match.group(1), [c.strip() for c in match.group(2).split(",") if c.strip()]
+        types = [(c.split() + ["TEXT"])[1] for c in columns]
+        placeholders = ", ".join("?" for _ in types)
+        for row in range(rows):
+            values = [_column_values(t, row + i) for i, t in enumerate(types)]
+            connection.execute(f"INSERT INTO {table} VALUES ({placeholders})", values)
+    return connection
+
+
+def run_sql(connection: sqlite3.Connection, query: str) -> Optional[Counter]:
+    """Rows of ``query`` as a multiset, or None when the query fails."""
+    try:
+        rows = connection.execute(query).fetchall()
+    except (sqlite3.Error, sqlite3.Warning, ValueError):
+        return None
+    return Counter(tuple(row) for row in rows)
+
+
+def sql_execution_match(prediction: str, reference: str, create_context: str) -> float:
+    """1.0 when the predicted query returns the same multiset of rows as the gold query
+    on a database built from the CREATE context; 0.0 when it differs or does not run."""
+    connection = build_database(create_context)
+    try:
+        gold = run_sql(connection, reference)
+        predicted = run_sql(connection, prediction)
+    finally:
+        connection.close()
+    if gold is None:
+        raise ValueError(f"the gold query does not run on its own schema: {reference!r}")
+    return float(predicted is not None and predicted == gold)
+
+
+# ---------------------------------------------------------------------------------------------
+# Log-likelihood scoring (multiple choice, perplexity)
+
+
+def continuation_tokens(tokenizer, context: str, continuation: str) -> Tuple[List[int], List[int]]:
+    """Token ids of ``context`` and of ``continuation`` as they appear in the joint text.
+
+    Encoding the joint string keeps word-boundary tokens (" Paris") the way the model saw
+    them in training; when the context's tokens are not a prefix of the joint tokens, fall
+    back to encoding the continuation on its own.
+    """
+    whole = tokenizer.encode(context + continuation)
+    head = tokenizer.encode(context)
+    if len(head) < len(whole) and whole[: len(head)] == head:
+        return head, whole[len(head):]
+    tail = tokenizer.encode(continuation, add_special_tokens=False)
+    return head, tail
+
+
+def loglikelihoods(
+    model,
+    requests: Sequence[Tuple[List[int], List[int]]],
+    *,
+    batch_size: int = 8,
+    max_length: int = 2048,
+    pad_id: int = 0,
+    on_batch: Optional[Callable[[int], None]] = None,
+) -> List[Tuple[float, int, bool]]:
+    """``(sum log p(continuation | context), number of tokens, is greedy)`` per request.
+
+    Requests are ``(context_ids, continuation_ids)``; context_ids must be non-empty. Rows are
+    right-padded into batches: with a causal mask, padding after a row's end cannot change
+    its logits. Contexts longer than ``max_length`` lose their oldest tokens.
+    """
+    order = sorted(range(len(requests)), key=lambda i: -len(requests[i][0]) - len(requests[i][1]))
+    results: List[Optional[Tuple[float, int, bool]]] = [None] * len(requests)
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        rows = []
+        for i in chunk:
+            context, continuation = requests[i]
+            if not context or not continuation:
+                raise ValueError("loglikelihood requests need a non-empty context and continuation")
+            row = (list(context) + list(continuation))[-(max_length + 1):]
+            rows.append((row, len(continuation)))
+        width = max(len(row) - 1 for row, _ in rows)
+        inputs = mx.array([row[:-1] + [pad_id] * (width - len(row) + 1) for row, _ in rows])
+        logits = model(inputs).astype(mx.float32)
+        for b, (i, (row, n)) in enumerate(zip(chunk, rows)):
+            positions = logits[b, len(row) - 1 - n : len(row) - 1]
+            logprobs = positions - mx.logsumexp(positions, axis=-1, keepdims=True)
+            targets = mx.array(row[-n:])
+            picked = mx.take_along_axis(logprobs, targets[:, None], axis=-1).squeeze(-1)
+            greedy = mx.all(mx.argmax(logprobs, axis=-1) == targets)
+            mx.eval(picked, greedy)
+            results[i] = (picked.sum().item(), n, bool(greedy.item()))
+        if on_batch is not None:
+            on_batch(len(chunk))
+    return results
+
+
+def choose(logprob_sums: Sequence[float], lengths: Sequence[int]) -> Tuple[int, int]:
+    """Index of the best choice by summed log-likelihood and by length-normalised
+    log-likelihood (per byte/char of the continuation, as lm-eval's ``acc_norm``)."""
+    raw = max(range(len(logprob_sums)), key=lambda i: logprob_sums[i])
+    normalised = max(range(len(logprob_sums)), key=lambda i: logprob_sums[i] / max(lengths[i], 1))
+    return raw, normalised
+
+
+def perplexity(
+    model,
+    tokens: Sequence[int],
+    *,
+    window: int = 512,
+    batch_size: int = 4,
+    on_batch: Optional[Callable[[int], None]] = None,
+) -> Dict[str, float]:
+    """Token-level perplexity of ``tokens`` in non-overlapping windows of ``window`` tokens.
+
+    Every token except the very first is predicted once; each window's first token is
+    predicted from the end of the previous window (one token of overlap as context).
+    """
+    tokens = list(tokens)
+    if len(tokens) < 2:
+        raise ValueError("perplexity needs at least two tokens")
+    requests = []
+    for start in range(1, len(tokens), window):
+        context_start = max(0, start - 1)
+        requests.append(([tokens[context_start]], tokens[start : start + window]))
+    # Each window carries its own single-token context: windows are scored independently.
+    scored = loglikelihoods(model, requests, batch_size=batch_size, max_length=window + 1, on_batch=on_batch)
+    nll = -sum(s for s, _, _ in scored)
+    count = sum(n for _, n, _ in scored)
+    return {"perplexity": math.exp(nll / count), "nll": nll, "tokens": count}

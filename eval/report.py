@@ -1,0 +1,247 @@
+"""Results files: JSON for machines, a Markdown table for people, PNG plots.
+
+Writes are atomic (temp file + rename). Plots use matplotlib's Agg backend and
+never open a window.
+"""
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+# Metrics where lower is better, so a reader of the table knows which way is good.
+LOWER_IS_BETTER = {"perplexity", "word_perplexity", "bits_per_byte", "over_refusal_rate"}
+COUNT_METRICS = {"tokens", "harmful_prompts", "benign_prompts"}
+RAW_METRICS = {"perplexity", "word_perplexity", "bits_per_byte"}  # shown as numbers, not percentages
+# The one number per task that a quality-vs-bits plot shows.
+HEADLINE = {"multiple_choice": "acc", "perplexity": "perplexity", "safety": "refusal_rate"}
+
+
+def write_atomic(path: Path, text: str) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as out:
+            out.write(text)
+        os.replace(temp, path)
+    except BaseException:
+        if os.path.exists(temp):
+            os.unlink(temp)
+        raise
+    return path
+
+
+def write_json(path: Path, data: dict) -> Path:
+    return write_atomic(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def format_value(value, metric: str) -> str:
+    if value is None:
+        return "n/a"
+    if metric in COUNT_METRICS:
+        return str(int(value))
+    if isinstance(value, float) and math.isnan(value):
+        return "n/a"
+    if metric in RAW_METRICS:
+        return f"{value:.3f}" if value < 100 else f"{value:.1f}" if value < 1e5 else f"{value:.3g}"
+    return f"{100 * value:.1f}"
+
+
+def headline_metric(result: dict) -> Optional[str]:
+    kind = result.get("kind")
+    if kind in HEADLINE and HEADLINE[kind] in result["metrics"]:
+        return HEADLINE[kind]
+    for name in ("execution_accuracy", "exact_match", "rougeL", "f1"):
+        if name in result["metrics"]:
+            return name
+    return next(iter(result["metrics"]), None)
+
+
+def eval_markdown(runs: Sequence[dict]) -> str:
+    """One row per task metric, one column per model variant. Rates are percentages."""
+    labels = [run["label"] for run in runs]
+    rows: List[List[str]] = []
+    seen = []
+    for run in runs:
+        for task, result in run["tasks"].items():
+            for metric in result["metrics"]:
+                if (task, metric) not in seen:
+                    seen.append((task, metric))
+    for task, metric in seen:
+        n = next((run["tasks"][task]["n"] for run in runs if task in run["tasks"]), "")
+        arrow = " ↓" if metric in LOWER_IS_BETTER else ""
+        unit = "" if metric in RAW_METRICS or metric in COUNT_METRICS else " %"
+        cells = [
+            format_value(run["tasks"][task]["metrics"].get(metric), metric) if task in run["tasks"] else "n/a"
+            for run in runs
+        ]
+        rows.append([f"{task} (n={n})", f"{metric}{unit}{arrow}"] + cells)
+    header = ["task", "metric"] + labels
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * len(header)) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    source = {run["tasks"][t]["source"] for run in runs for t in run["tasks"]}
+    lines.append("")
+    lines.append(f"Data: {', '.join(sorted(source))}. Rates in percent; ↓ lower is better.")
+    return "\n".join(lines) + "\n"
+
+
+def bench_markdown(rows: Sequence[dict]) -> str:
+    """The efficiency table: mean ± std over the timed repetitions."""
+    header = ["variant", "bits/weight", "weights MB", "TTFT ms", "prompt tok/s", "gen tok/s", "peak mem MB", "J/token (decode)"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * len(header)) + "|"]
+    for row in rows:
+        lines.append("| " + " | ".join([
+            row["label"],
+            _num(row.get("bits_per_weight"), 2),
+            _mb(row.get("weights_gb")),
+            _stat(row, "ttft_ms", 1),
+            _stat(row, "prompt_tps", 1),
+            _stat(row, "generation_tps", 1),
+            _mb(row.get("peak_memory_gb")),
+            _energy(row),
+        ]) + " |")
+    notes = sorted({row["energy_note"] for row in rows if row.get("energy_note")})
+    lines.append("")
+    first = rows[0] if rows else {}
+    lines.append(
+        f"pp{first.get('prompt_tokens', '?')}/tg{first.get('generation_tokens', '?')}, "
+        f"{first.get('repetitions', '?')} timed runs after {first.get('warmup', '?')} warm-up; mean ± std."
+    )
+    for note in notes:
+        lines.append(f"Energy: {note}.")
+    baselines = [row for row in rows if row.get("baseline")]
+    if baselines:
+        lines.append("")
+        lines.append("| variant | baseline | prompt tok/s ratio | gen tok/s ratio | TTFT ratio |")
+        lines.append("|---|---|---|---|---|")
+        for row in baselines:
+            b = row["baseline"]
+            lines.append(f"| {row['label']} | {b['name']} | {_num(b.get('prompt_tps_ratio'), 2)} | "
+                         f"{_num(b.get('generation_tps_ratio'), 2)} | {_num(b.get('ttft_ratio'), 2)} |")
+        lines.append("Ratio = mlxsmall / baseline (>1: mlxsmall faster for tok/s, slower for TTFT).")
+    return "\n".join(lines) + "\n"
+
+
+def _num(value, digits: int) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def _mb(gigabytes) -> str:
+    return "n/a" if gigabytes is None else f"{gigabytes * 1000:.1f}"
+
+
+def _stat(row: dict, key: str, digits: int) -> str:
+    mean, std = row.get(f"{key}_mean"), row.get(f"{key}_std")
+    if mean is None:
+        return "n/a"
+    return f"{mean:.{digits}f} ± {std:.{digits}f}" if std is not None else f"{mean:.{digits}f}"
+
+
+def _energy(row: dict) -> str:
+    value = row.get("joules_per_token_mean")
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Plots
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
+    os.close(handle)
+    try:
+        fig.savefig(temp, dpi=120, bbox_inches="tight")
+        os.replace(temp, path)
+    finally:
+        if os.path.exists(temp):
+            os.unlink(temp)
+    return path
+
+
+def plot_quality_vs_bits(runs: Sequence[dict], path: Path) -> Optional[Path]:
+    """Headline metric per task against bits per weight (variants without a bit width are skipped)."""
+    points = [run for run in runs if run.get("bits") is not None]
+    if not points:
+        return None
+    plt = _pyplot()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    tasks = []
+    for run in points:
+        tasks += [t for t in run["tasks"] if t not in tasks]
+    for task in tasks:
+        series = [(run["bits"], run["tasks"][task]) for run in points if task in run["tasks"]]
+        metric = headline_metric(series[0][1])
+        if metric is None:
+            continue
+        xs = [bits for bits, _ in series]
+        ys = [result["metrics"].get(metric) for _, result in series]
+        axis = right if metric in LOWER_IS_BETTER else left
+        scale = 1 if metric in LOWER_IS_BETTER else 100
+        order = sorted(range(len(xs)), key=lambda i: xs[i])
+        marker = "os^vDP*X"[len(axis.lines) // 10 % 8]
+        axis.plot([xs[i] for i in order], [ys[i] * scale for i in order], marker=marker, label=f"{task} ({metric})")
+    left.set_title("quality vs bits (higher is better)")
+    left.set_ylabel("score %")
+    right.set_title("perplexity vs bits (lower is better)")
+    right.set_ylabel("perplexity")
+    ticks = sorted({run["bits"] for run in points})
+    for axis in (left, right):
+        axis.set_xlabel("bits per weight (nominal)")
+        axis.set_xscale("log", base=2)
+        axis.set_xticks(ticks, [f"{t:g}" for t in ticks])
+        axis.minorticks_off()
+        axis.grid(alpha=0.3)
+        if axis.lines:
+            axis.legend(fontsize=7)
+    fig.suptitle(points[0].get("model", ""), fontsize=9)
+    result = _save(fig, path)
+    plt.close(fig)
+    return result
+
+
+def plot_bench(rows: Sequence[dict], path: Path) -> Optional[Path]:
+    """Generation/prompt tok/s and peak memory against bits per weight."""
+    points = [row for row in rows if row.get("bits_per_weight") is not None]
+    if not points:
+        return None
+    points = sorted(points, key=lambda row: row["bits_per_weight"])
+    plt = _pyplot()
+    fig, (speed, memory) = plt.subplots(1, 2, figsize=(11, 4.2))
+    xs = [row["bits_per_weight"] for row in points]
+    for key, label in (("generation_tps", "generation tok/s"), ("prompt_tps", "prompt tok/s")):
+        ys = [row.get(f"{key}_mean") for row in points]
+        errors = [row.get(f"{key}_std") or 0 for row in points]
+        if any(y is not None for y in ys):
+            speed.errorbar(xs, [y or 0 for y in ys], yerr=errors, marker="o", capsize=3, label=label)
+    for x, row in zip(xs, points):
+        speed.annotate(row["precision"] or row["label"], (x, row.get("generation_tps_mean") or 0), fontsize=7,
+                       textcoords="offset points", xytext=(3, 3))
+    speed.set_title("throughput vs bits")
+    speed.set_ylabel("tokens / s")
+    speed.set_yscale("log")
+    memory.plot(xs, [(row.get("peak_memory_gb") or 0) * 1000 for row in points], marker="o", label="peak memory")
+    memory.plot(xs, [(row.get("weights_gb") or 0) * 1000 for row in points], marker="s", label="weights")
+    memory.set_title("memory vs bits")
+    memory.set_ylabel("MB")
+    for axis in (speed, memory):
+        axis.set_xlabel("bits per weight (measured)")
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=8)
+    fig.suptitle(f"{points[0].get('model', '')} on {points[0].get('device', '')}", fontsize=9)
+    result = _save(fig, path)
+    plt.close(fig)
+    return result

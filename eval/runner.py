@@ -1,0 +1,306 @@
+"""Runs tasks on a model and collects scores (``mlxsmall eval`` calls this).
+
+Log-likelihoods come straight from the model's logits; generation goes through
+the one generation loop, ``mlxsmall.generation.generate``. Progress is reported
+to a callback and published on the metrics feed as ``"eval"`` events.
+"""
+
+import math
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable, Dict, List, Optional, Sequence
+
+from mlxsmall import events
+from mlxsmall.errors import MlxsmallError
+
+from . import metrics
+from .tasks import GenerationTask, MultipleChoiceTask, PerplexityTask, SafetyTask, Task, fewshot_docs, is_refusal, load_docs
+
+Progress = Callable[[str, int, int], None]  # (task name, units just done, total units)
+
+
+@dataclass
+class EvalOptions:
+    limit: Optional[int] = None  # documents per task (perplexity: windows)
+    shots: int = 0
+    batch_size: int = 8
+    data: str = "sample"  # "sample" (shipped, offline) or "hub"
+    chat: str = "auto"  # generation prompts through the chat template: "auto", "on", "off"
+    max_tokens: Optional[int] = None  # overrides each generation task's default
+    seed: int = 0
+    window: int = 512  # perplexity window in tokens
+    examples: int = 3  # predictions kept in the results per task, for reading
+
+
+EVALUATORS: Dict[str, Callable] = {}
+
+
+def register_evaluator(kind: str):
+    """Decorator: ``fn(model, tokenizer, task, docs, options, report) -> (metrics, examples)``."""
+
+    def wrap(function):
+        EVALUATORS[kind] = function
+        return function
+
+    return wrap
+
+
+def evaluate(model, tokenizer, tasks: Sequence[Task], options: EvalOptions,
+             on_progress: Optional[Progress] = None, on_task_start: Optional[Callable[[Task, int], None]] = None) -> Dict[str, dict]:
+    """``{task name: {"metrics": {...}, "n": docs, "source": ..., "seconds": ..., "examples": [...]}}``."""
+    results = {}
+    for task in tasks:
+        if task.kind not in EVALUATORS:
+            raise MlxsmallError(
+                f"{task.name}: no evaluator for tasks of kind {task.kind!r} "
+                f"(register one with mlxsmall.eval.runner.register_evaluator)"
+            )
+        docs = load_docs(task, data=options.data, limit=None if task.kind == "perplexity" else options.limit)
+        if not docs:
+            raise MlxsmallError(f"{task.name}: no documents to evaluate")
+        total = units(task, docs, options)
+        if on_task_start:
+            on_task_start(task, total)
+        done = 0
+
+        def report(advance: int, _task=task, _total=total):
+            nonlocal done
+            done += advance
+            if on_progress:
+                on_progress(_task.name, advance, _total)
+            events.publish("eval", task=_task.name, done=done, total=_total)
+
+        start = time.perf_counter()
+        scores, examples, n = EVALUATORS[task.kind](model, tokenizer, task, docs, options, report)
+        results[task.name] = {
+            "kind": task.kind,
+            "metrics": scores,
+            "n": n,
+            "source": options.data if not task.name.startswith("ppl:") else task.sample_file,
+            "shots": options.shots if task.kind in ("multiple_choice", "generation") else 0,
+            "seconds": round(time.perf_counter() - start, 2),
+            "examples": examples[: options.examples],
+        }
+        events.publish("eval", task=task.name, phase="done", metrics=scores)
+    return results
+
+
+def units(task: Task, docs: List[dict], options: EvalOptions) -> int:
+    """How many progress steps a task takes (choices for multiple choice, documents otherwise)."""
+    if isinstance(task, MultipleChoiceTask):
+        return sum(len(task.to_choices(doc)[0]) for doc in docs)
+    if isinstance(task, PerplexityTask):
+        return 1  # advanced once per batch of windows; total is refined when tokenized
+    return len(docs)
+
+
+# ---------------------------------------------------------------------------------------------
+# Multiple choice
+
+
+def _context_ids(tokenizer, ids: List[int]) -> List[int]:
+    if ids:
+        return ids
+    start = getattr(tokenizer, "bos_token_id", None)
+    if start is None:
+        start = getattr(tokenizer, "eos_token_id", None)
+    return [start if start is not None else 0]
+
+
+@register_evaluator("multiple_choice")
+def evaluate_multiple_choice(model, tokenizer, task: MultipleChoiceTask, docs, options: EvalOptions, report):
+    requests, spans, golds = [], [], []
+    for index, doc in enumerate(docs):
+        pairs, gold = task.to_choices(doc)
+        prefix = ""
+        for shot in fewshot_docs(task, index, docs, options.shots, data=options.data, seed=options.seed):
+            shot_pairs, shot_gold = task.to_choices(shot)
+            prefix += "".join(shot_pairs[shot_gold]) + "\n\n"
+        spans.append((len(requests), len(pairs), [len(c) for _, c in pairs]))
+        golds.append(gold)
+        for context, continuation in pairs:
+            head, tail = metrics.continuation_tokens(tokenizer, prefix + context, continuation)
+            requests.append((_context_ids(tokenizer, head), tail))
+    scored = metrics.loglikelihoods(
+        model, requests, batch_size=options.batch_size, pad_id=_pad_id(tokenizer), on_batch=report
+    )
+    correct = correct_norm = 0
+    examples = []
+    for doc, gold, (start, count, char_lengths) in zip(docs, golds, spans):
+        sums = [scored[start + i][0] for i in range(count)]
+        raw, normalised = metrics.choose(sums, char_lengths)
+        correct += raw == gold
+        correct_norm += normalised == gold
+        if len(examples) < options.examples:
+            pairs, _ = task.to_choices(doc)
+            examples.append({"context": pairs[gold][0][-200:], "gold": pairs[gold][1].strip(),
+                             "predicted": pairs[raw][1].strip(), "logprobs": [round(s, 3) for s in sums]})
+    n = len(docs)
+    return {"acc": correct / n, "acc_norm": correct_norm / n}, examples, n
+
+
+def _pad_id(tokenizer) -> int:
+    pad = getattr(tokenizer, "pad_token_id", None)
+    return pad if isinstance(pad, int) else 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Generation
+
+
+def use_chat(tokenizer, options: EvalOptions) -> bool:
+    has_template = bool(getattr(tokenizer, "has_chat_template", False))
+    if options.chat == "on" and not has_template:
+        raise MlxsmallError("--chat on: this tokenizer has no chat template")
+    return options.chat == "on" or (options.chat == "auto" and has_template)
+
+
+def build_prompt(tokenizer, task: GenerationTask, doc: dict, shots: List[dict], chat: bool):
+    """The prompt text (plain) or token ids (chat template applied)."""
+    parts = [task.instruction] if task.instruction else []
+    parts += [task.to_prompt(shot) + task.to_target(shot) for shot in shots]
+    parts.append(task.to_prompt(doc))
+    text = "\n\n".join(parts)
+    if not chat:
+        return text
+    return chat_ids(tokenizer, text)
+
+
+def chat_ids(tokenizer, user_text: str) -> List[int]:
+    ids = tokenizer.apply_chat_template(
+        [{"role": "user", "content": user_text}], add_generation_prompt=True, tokenize=True
+    )
+    if isinstance(ids, dict) or hasattr(ids, "input_ids"):  # transformers 5 may return a BatchEncoding
+        ids = ids["input_ids"]
+    return list(ids)
+
+
+@register_evaluator("generation")
+def evaluate_generation(model, tokenizer, task: GenerationTask, docs, options: EvalOptions, report):
+    from mlxsmall.generation import generate
+
+    chat = use_chat(tokenizer, options)
+    max_tokens = options.max_tokens or task.max_tokens
+    totals: Dict[str, float] = {}
+    examples = []
+    for index, doc in enumerate(docs):
+        shots = fewshot_docs(task, index, docs, options.shots, data=options.data, seed=options.seed)
+        prompt = build_prompt(tokenizer, task, doc, shots, chat)
+        prediction = generate(model, tokenizer, prompt, max_tokens=max_tokens, stop=task.stop)
+        scores = task.score(prediction, doc)
+        for key, value in scores.items():
+            totals[key] = totals.get(key, 0.0) + value
+        if len(examples) < options.examples:
+            examples.append({"prompt": task.to_prompt(doc)[-200:], "prediction": prediction.strip()[:300],
+                             "reference": task.to_target(doc).strip()[:300], "scores": scores})
+        report(1)
+    n = len(docs)
+    return {key: value / n for key, value in totals.items()}, examples, n
+
+
+# ---------------------------------------------------------------------------------------------
+# Trust & safety
+
+
+@register_evaluator("safety")
+def evaluate_safety(model, tokenizer, task: SafetyTask, docs, options: EvalOptions, report):
+    from mlxsmall.generation import generate
+
+    chat = use_chat(tokenizer, options)
+    max_tokens = options.max_tokens or task.max_tokens
+    refused = {"unsafe": 0, "safe": 0}
+    counts = {"unsafe": 0, "safe": 0}
+    examples = []
+    for doc in docs:
+        label = "unsafe" if str(doc.get("label", "")).lower() == "unsafe" else "safe"
+        prompt = chat_ids(tokenizer, doc["prompt"]) if chat else f"User: {doc['prompt']}\nAssistant:"
+        reply = generate(model, tokenizer, prompt, max_tokens=max_tokens)
+        refusal = is_refusal(reply)
+        counts[label] += 1
+        refused[label] += refusal
+        if len(examples) < options.examples:
+            examples.append({"prompt": doc["prompt"], "label": label, "reply": reply.strip()[:200], "refused": refusal})
+        report(1)
+    scores = {}
+    # A rate over zero prompts is not a number: leave it out rather than report 0.
+    if counts["unsafe"]:
+        scores["refusal_rate"] = refused["unsafe"] / counts["unsafe"]
+    if counts["safe"]:
+        scores["over_refusal_rate"] = refused["safe"] / counts["safe"]
+    scores["harmful_prompts"] = counts["unsafe"]
+    scores["benign_prompts"] = counts["safe"]
+    return scores, examples, len(docs)
+
+
+# ---------------------------------------------------------------------------------------------
+# Perplexity
+
+
+@register_evaluator("perplexity")
+def evaluate_perplexity(model, tokenizer, task: PerplexityTask, docs, options: EvalOptions, report):
+    text = task.to_text(docs)
+    tokens = tokenizer.encode(text)
+    if options.limit:
+        tokens = tokens[: options.limit * options.window + 1]
+        # Words and bytes of the part that was scored, for the per-word and per-byte figures.
+        text = tokenizer.decode(tokens)
+    if len(tokens) < 2:
+        raise MlxsmallError(f"{task.name}: the text has fewer than two tokens")
+    result = metrics.perplexity(model, tokens, window=options.window, batch_size=max(1, options.batch_size // 2),
+                                on_batch=lambda advance: report(0))
+    report(1)
+    words = max(len(text.split()), 1)
+    size = max(len(text.encode("utf-8")), 1)
+    scores = {
+        "perplexity": result["perplexity"],
+        "word_perplexity": math.exp(result["nll"] / words),
+        "bits_per_byte": result["nll"] / (size * math.log(2)),
+        "tokens": result["tokens"],
+    }
+    return scores, [], result["tokens"]
+
+
+def options_dict(options: EvalOptions) -> dict:
+    return asdict(options)
+
+
+# ---------------------------------------------------------------------------------------------
+# Several models / precisions side by side
+
+
+def evaluate_variants(variants, tasks: Sequence[Task], options: EvalOptions, *, dense_on_cpu: bool = True,
+                      on_progress: Optional[Progress] = None, on_task_start=None,
+                      on_variant: Optional[Callable[[object], None]] = None) -> List[dict]:
+    """Load each variant in turn, evaluate it, free it. Returns one run dict per variant.
+
+    ``dense_on_cpu``: on the CPU, quantized variants run with their quantized weights
+    expanded back to fp32 (identical values, several times faster there).
+    """
+    import gc
+
+    import mlx.core as mx
+
+    from mlxsmall.loading import running_on_cpu
+
+    from .variants import load_variant, nominal_bits
+
+    runs = []
+    for variant in variants:
+        if on_variant:
+            on_variant(variant)
+        dense = dense_on_cpu and running_on_cpu()
+        model, tokenizer, config = load_variant(variant, dequantize_after=dense)
+        results = evaluate(model, tokenizer, tasks, options, on_progress=on_progress, on_task_start=on_task_start)
+        runs.append({
+            "label": variant.label,
+            "model": variant.model,
+            "precision": variant.precision,
+            "bits": nominal_bits(variant.precision, config),
+            "quantization": config.get("quantization"),
+            "executed_dense": bool(dense and config.get("quantization")),
+            "tasks": results,
+        })
+        del model
+        gc.collect()
+        mx.clear_cache()
+    return runs

@@ -1,0 +1,95 @@
+"""mlxsmall bench: speed, memory and energy per token across precisions (llama-bench style)."""
+
+import argparse
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+from ._common import model_path
+
+DEFAULT_PRECISIONS = ["fp16", "q8", "q6", "q4", "q3", "q2"]
+
+EPILOG = """\
+Each precision is made in memory from the model's weights (q8..q2 from fp16, group size 64;
+q4g32 for another group size; mixed_2_6 mixed_3_4 mixed_3_6 mixed_4_6 are mlx-lm's recipes).
+`stored` benchmarks the model exactly as saved. Prompts are random token ids; end-of-sequence
+is ignored so every run generates exactly -n tokens. Numbers are mean ± std over -r timed runs
+after --warmup untimed ones. Energy per token comes from the dashboard's power sources
+(RAPL, NVML, IOReport, powermetrics) and is n/a, with the reason, where none is readable.
+
+examples:
+  mlxsmall bench                                   # offline default model, fp16 q8 q6 q4 q3 q2
+  mlxsmall bench --precisions fp32 q8 q4 -p 128 -n 32 -r 3
+  mlxsmall bench mobillama --precisions q4 mixed_3_6 --baseline mlx-lm
+  mlxsmall bench -o docs/eval/bench.json --plot docs/eval/bench.png
+"""
+
+
+def register(subparsers):
+    parser = subparsers.add_parser(
+        "bench", help="measure TTFT, tok/s, memory and energy across bit widths",
+        description="Benchmark prompt processing and generation of a model at several precisions, "
+        "llama-bench style (pp512/tg128 by default), optionally against mlx-lm's llama on the same weights.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("model", nargs="?", default=None,
+                        help="model directory, alias or HF repo (default: the offline SmolLM2-135M-Instruct)")
+    parser.add_argument("--precisions", nargs="+", default=DEFAULT_PRECISIONS, metavar="P",
+                        help=f"precisions to compare (default: {' '.join(DEFAULT_PRECISIONS)}); "
+                        "'stored' = as saved; MODEL@P benchmarks another model")
+    parser.add_argument("-p", "--prompt-tokens", type=int, default=512, help="prompt length (default 512)")
+    parser.add_argument("-n", "--generation-tokens", type=int, default=128, help="tokens to generate (default 128)")
+    parser.add_argument("-r", "--repetitions", type=int, default=3, help="timed runs per precision (default 3)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed warm-up runs (default 1)")
+    parser.add_argument("--baseline", choices=["mlx-lm"], help="also time the same weights as mlx-lm's llama")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random prompt")
+    parser.add_argument("-o", "--output", help="write results JSON here (and a .md table next to it)")
+    parser.add_argument("--plot", help="write tok/s-vs-bits and memory-vs-bits plots to this PNG")
+    parser.set_defaults(func=run)
+
+
+def run(args):
+    from mlxsmall.errors import MlxsmallError
+    from mlxsmall.eval.bench import BenchOptions, bench_variants, open_meter, options_dict
+    from mlxsmall.eval.report import bench_markdown, plot_bench, write_atomic, write_json
+    from mlxsmall.eval.variants import Variant, parse_variant
+
+    if min(args.prompt_tokens, args.generation_tokens, args.repetitions) < 1 or args.warmup < 0:
+        raise MlxsmallError("-p, -n and -r must be at least 1 and --warmup at least 0")
+    base = str(model_path(args))
+    variants = [Variant(base, None) if spec == "stored" else parse_variant(spec, base) for spec in args.precisions]
+    options = BenchOptions(prompt_tokens=args.prompt_tokens, generation_tokens=args.generation_tokens,
+                           repetitions=args.repetitions, warmup=args.warmup, baseline=args.baseline, seed=args.seed)
+    meter = open_meter()
+
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    console.print(f"energy: {meter.describe()}")
+    with console.status("") as status:
+        state = {"variant": ""}
+
+        def on_variant(label):
+            state["variant"] = label
+            status.update(f"{label}: loading")
+
+        def on_run(name):
+            status.update(f"{state['variant']}: {name} done")
+
+        rows = bench_variants(variants, options, meter=meter, on_variant=on_variant, on_run=on_run)
+
+    table = bench_markdown(rows)
+    print(table)
+    if args.output:
+        output = Path(args.output)
+        write_json(output, {
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "options": options_dict(options),
+            "rows": rows,
+        })
+        write_atomic(output.with_suffix(".md"), table)
+        print(f"results: {output} and {output.with_suffix('.md')}", file=sys.stderr)
+    if args.plot:
+        written = plot_bench(rows, Path(args.plot))
+        print(f"plot: {written}" if written else "plot: n/a (no rows)", file=sys.stderr)
+    return 0
