@@ -288,7 +288,8 @@ def save_model(
     tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".partial", dir=dst.parent))
     try:
         mlx_lm_save_weights(tmp, model)
-        save_config(dict(config), tmp / "config.json")
+        # keep_vision_config: mlx-lm drops vision_config by default; VLMs (mlxsmall.vlm) need it.
+        save_config(dict(config), tmp / "config.json", keep_vision_config=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(str(tmp))
         elif tokenizer_src_dir is not None:
