@@ -178,7 +178,7 @@ class RaplMeter(PowerMeter):
         self._last: List[int] = []
         self._total_uj = 0
         if not self.zones:
-            self.reason = f"no RAPL zones under {self.root}"
+            self.reason = f"no RAPL in {self.root}"
             return
         try:
             self._last = [self._read_raw(zone) for zone in self.zones]
@@ -264,8 +264,10 @@ def nvml_joules_since(start_mj: Iterable[int], now_mj: Iterable[int]) -> float:
 
 
 def _nvml_error_text(error: Exception) -> str:
-    text = str(error).strip() or type(error).__name__
-    return text.splitlines()[0]
+    text = (str(error).strip() or type(error).__name__).splitlines()[0]
+    if "library not found" in text.lower():
+        return "no NVIDIA driver"
+    return text
 
 
 # --- macOS IOReport ---------------------------------------------------------------------------

@@ -89,7 +89,7 @@ def test_rapl_meter_accumulates_across_wrap(powercap):
 
 def test_rapl_missing_or_unreadable_gives_reason(tmp_path, powercap, monkeypatch):
     missing = RaplMeter(tmp_path / "nothing-here")
-    assert not missing.available and "no RAPL zones" in missing.reason
+    assert not missing.available and "no RAPL in" in missing.reason
     assert missing.read_joules() is None
 
     def deny(zone):
@@ -147,9 +147,14 @@ def test_nvml_failure_gives_reason():
         def nvmlInit(self):
             raise RuntimeError("NVML Shared Library Not Found")
 
+    class Unsupported(FakeNvml):
+        def nvmlDeviceGetTotalEnergyConsumption(self, handle):
+            raise RuntimeError("Not Supported")
+
     meter = NvmlMeter(NoDriver([[0]]))
     assert not meter.available
-    assert meter.reason == "NVML: NVML Shared Library Not Found"
+    assert meter.reason == "NVML: no NVIDIA driver"
+    assert NvmlMeter(Unsupported([[0]])).reason == "NVML: Not Supported"
 
 
 # --- macOS sources (parsing only; the ctypes/subprocess paths need a Mac) ---------------------
