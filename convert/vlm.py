@@ -133,6 +133,11 @@ def convert_llava(src, dst, *, overwrite: bool = False) -> Path:
     vision_config = vision_config_from_hf(hf, preprocessor, str(src / "config.json"))
     text_config = dict(hf["text_config"])
     text_config.setdefault("model_type", "llama")
+    rope = text_config.pop("rope_parameters", None)  # transformers>=5 spelling of rope_theta / rope_scaling
+    if isinstance(rope, dict):
+        text_config.setdefault("rope_theta", rope.get("rope_theta", 10000.0))
+        if rope.get("rope_type", "default") != "default":
+            text_config.setdefault("rope_scaling", rope)
     if hf.get("tie_word_embeddings") is not None:
         text_config.setdefault("tie_word_embeddings", hf["tie_word_embeddings"])
     options = {k: hf.get(k, v) for k, v in LLAVA_DEFAULTS.items()}

@@ -177,7 +177,7 @@ def load_vlm(path, *, dtype: Optional[str] = "auto", dequantize: Optional[bool] 
     headers = {f: check_safetensors(f) for f in weight_files(model_dir)}
     try:
         model, config = mlx_lm_load_model(model_dir, lazy=True, strict=True,
-                                          get_model_classes=lambda _: (vlm.Model, vlm.ModelArgs))
+                                          get_model_classes=lambda config: (vlm.Model, vlm.ModelArgs))
     except ValueError as error:
         raise MlxsmallError(f"{model_dir}: {describe_weight_error(error, headers)}") from None
     cpu = running_on_cpu()
@@ -231,29 +231,38 @@ def quantize_vlm(model, config: dict, *, bits: int = 4, group_size: int = 64, vi
 class EncodedPrompt:
     tokens: List[int]  # placeholder ids replaced by 0 (they are never embedded)
     embeddings: mx.array  # (L, D)
-    image_encode_time: float  # seconds; 0.0 without images
+    image_features: Optional[mx.array]  # projected, (num_images, num_image_tokens, D); reusable across turns
+    image_encode_time: float  # seconds; 0.0 when no image was encoded here
     num_image_tokens: int
 
 
-def encode_prompt(model, tokenizer, processor, prompt: str, images: Sequence = (), *, chat=None) -> EncodedPrompt:
-    """Tokenize, encode the images and splice them in; the vision work is evaluated (and timed) here."""
-    text = format_prompt(tokenizer, prompt, len(images), chat=chat)
+def encode_images(model, processor, images: Sequence):
+    """``(projected features, seconds)``: vision tower + projector, evaluated and timed on their own."""
+    pixels = processor(list(images))
+    dtype = model.vision_tower.vision_model.embeddings.patch_embedding.weight.dtype  # never quantized
+    start = time.perf_counter()
+    features = model.encode_image(pixels.astype(dtype))
+    mx.eval(features)
+    return features, time.perf_counter() - start
+
+
+def encode_prompt(model, tokenizer, processor, prompt: str, images: Sequence = (), *, chat=None,
+                  formatted: bool = False, image_features=None) -> EncodedPrompt:
+    """Tokenize, encode the images (unless ``image_features`` are given) and splice them in.
+
+    ``formatted=True``: ``prompt`` is final text (chat template applied, ``<image>`` placeholders in place)."""
+    num_images = len(images) if image_features is None else image_features.shape[0]
+    text = prompt if formatted else format_prompt(tokenizer, prompt, num_images, chat=chat)
     ids = tokenize_with_images(tokenizer, text, model.args.image_token_index, model.num_image_tokens)
-    inputs = mx.array(ids)[None]
-    encode_time, features = 0.0, None
-    if images:
-        pixels = processor(list(images))
-        start = time.perf_counter()
-        dtype = model.vision_tower.vision_model.embeddings.patch_embedding.weight.dtype  # never quantized
-        features = model.encode_image(pixels.astype(dtype))
-        mx.eval(features)
-        encode_time = time.perf_counter() - start
-    embeddings = model.embed_inputs(inputs, image_features=features)[0]
+    encode_time = 0.0
+    if image_features is None and images:
+        image_features, encode_time = encode_images(model, processor, images)
+    embeddings = model.embed_inputs(mx.array(ids)[None], image_features=image_features)[0]
     mx.eval(embeddings)
     tokens = [0 if t == model.args.image_token_index else t for t in ids]
-    n = model.num_image_tokens * len(images)
-    events.publish("vision", image_encode_time=encode_time, image_tokens=n, images=len(images))
-    return EncodedPrompt(tokens, embeddings, encode_time, n)
+    n = model.num_image_tokens * num_images
+    events.publish("vision", image_encode_time=encode_time, image_tokens=n, images=num_images)
+    return EncodedPrompt(tokens, embeddings, image_features, encode_time, n)
 
 
 @dataclass
@@ -269,13 +278,16 @@ class VisionGenerationStep:
 
 
 def stream_generate_vlm(model, tokenizer, processor, prompt: str, images: Sequence = (), *, chat=None,
+                        formatted: bool = False, image_features=None,
                         **options) -> Iterator[VisionGenerationStep]:
     """Stream an answer about ``images`` (paths, URLs or PIL images). ``options`` go to the one generation
     loop (max_tokens, temperature, top_p, seed, stop, ...). ``time_to_first_token`` counts the prompt
-    prefill only; ``image_encode_time`` is the vision tower + projector."""
+    prefill only; ``image_encode_time`` is the vision tower + projector. Pass ``image_features`` (from an
+    earlier step's ``encoded.image_features``) to reuse an encoded image, e.g. in a chat."""
     from .generation import stream_generate
 
-    encoded = encode_prompt(model, tokenizer, processor, prompt, images, chat=chat)
+    encoded = encode_prompt(model, tokenizer, processor, prompt, images, chat=chat, formatted=formatted,
+                            image_features=image_features)
     for step in stream_generate(model, tokenizer, encoded.tokens, input_embeddings=encoded.embeddings, **options):
         yield VisionGenerationStep(step, encoded.image_encode_time, encoded.num_image_tokens)
 

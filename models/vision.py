@@ -37,12 +37,26 @@ PRESETS = {
                               image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5]),
 }
 
-ACTIVATIONS = {
-    "quick_gelu": lambda x: x * mx.sigmoid(1.702 * x),
-    "gelu": nn.gelu,
-    "gelu_pytorch_tanh": nn.gelu_approx,
-    "gelu_new": nn.gelu_approx,
-}
+# Top-level names of a bare vision transformer state dict (transformers>=5 CLIPVisionModel.save_pretrained).
+BARE_TOP_LEVEL = ("embeddings", "pre_layrnorm", "encoder", "post_layernorm", "head")
+
+
+
+def quick_gelu(x):
+    return x * mx.sigmoid(1.702 * x)
+
+
+# Plain (not mx.compile'd) forms of nn.gelu / nn.gelu_approx: on a CPU build the first call of a
+# compiled function JIT-compiles C++ (seconds), which costs more than it saves for a vision tower.
+def gelu(x):
+    return x * (1 + mx.erf(x * 0.7071067811865476)) * 0.5
+
+
+def gelu_tanh(x):
+    return 0.5 * x * (1 + mx.tanh(0.7978845608028654 * (x + 0.044715 * x ** 3)))
+
+
+ACTIVATIONS = {"quick_gelu": quick_gelu, "gelu": gelu, "gelu_pytorch_tanh": gelu_tanh, "gelu_new": gelu_tanh}
 
 
 @dataclass
@@ -195,6 +209,8 @@ class VisionModel(nn.Module):
         SigLIP's pooling head and (for full CLIPModel/SiglipModel checkpoints) the text tower."""
         out = {}
         for key, value in weights.items():
+            if key.split(".", 1)[0] in BARE_TOP_LEVEL:
+                key = "vision_model." + key  # transformers 5 saves CLIPVisionModel without the prefix
             if not key.startswith("vision_model."):
                 continue
             if key.endswith("position_ids") or key.startswith("vision_model.head."):

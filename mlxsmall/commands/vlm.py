@@ -1,0 +1,226 @@
+"""mlxsmall vlm: vision-language models (build, convert, generate, chat, train, quantize)."""
+
+import argparse
+import sys
+
+from ._common import Formatter, add_sampling_arguments, sampling_kwargs
+
+EPILOG = """\
+examples:
+  mlxsmall vlm build --vision ./clip-vit-b16 --lm mobilellm-125m -o ./my-vlm --projector pool
+  mlxsmall vlm train ./my-vlm --data captions.jsonl --stage projector -o ./my-vlm-s1
+  mlxsmall vlm train ./my-vlm-s1 --data llava_instruct.json --stage finetune --lora-rank 8 -o ./my-vlm-s2
+  mlxsmall vlm generate ./my-vlm-s2 --image photo.jpg -p "What is in the picture?"
+  mlxsmall vlm chat ./my-vlm-s2 --image https://example.com/cat.png
+  mlxsmall vlm quantize ./my-vlm-s2 -o ./my-vlm-q4 --bits 4 --vision fp16
+  mlxsmall vlm convert ./llava-hf-checkpoint -o ./llava-mlx
+
+A VLM directory is our usual model format (config.json + safetensors + tokenizer) with LLaVA keys:
+vision_tower.*, multi_modal_projector.*, language_model.*.
+"""
+
+
+def register(subparsers):
+    parser = subparsers.add_parser(
+        "vlm", help="vision-language models: build, train, chat about images",
+        description="Small vision-language models: a CLIP/SigLIP vision tower, a projector and one of "
+        "our language models (LLaVA layout).", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(title="subcommands", metavar="SUBCOMMAND")
+
+    build = sub.add_parser("build", help="assemble a new VLM from a vision tower and one of our LMs",
+                           formatter_class=Formatter,
+                           description="Vision tower (HF CLIP/SigLIP dir) + fresh projector + LM. "
+                           "The projector is random: train it with `mlxsmall vlm train --stage projector`.")
+    build.add_argument("--vision", required=True, help="HF CLIPVisionModel/CLIPModel/SigLIP checkpoint directory")
+    build.add_argument("--lm", required=True, help="language model: our model directory or alias")
+    build.add_argument("-o", "--output", required=True, help="where to write the VLM")
+    build.add_argument("--projector", choices=["mlp", "pool"], default="mlp",
+                       help="mlp: LLaVA-1.5 Linear-GELU-Linear; pool: average-pool the patch grid first "
+                       "(4x fewer image tokens with stride 2, e.g. 576 -> 144), faster first token")
+    build.add_argument("--pool-stride", type=int, default=2, help="pooling window for --projector pool")
+    build.add_argument("--feature-layer", type=int, default=-2,
+                       help="vision layer to read (HF hidden_states index; -2 = penultimate, as LLaVA)")
+    build.add_argument("--seed", type=int, default=0, help="projector initialisation seed")
+    build.add_argument("--force", action="store_true", help="overwrite the output directory")
+    build.set_defaults(func=run_build)
+
+    convert = sub.add_parser("convert", help="convert a HF LLaVA-layout checkpoint", formatter_class=Formatter)
+    convert.add_argument("source", help="HF LLaVA checkpoint directory (safetensors or pytorch_model.bin)")
+    convert.add_argument("-o", "--output", required=True)
+    convert.add_argument("--force", action="store_true")
+    convert.set_defaults(func=run_convert)
+
+    for name, help_text in (("generate", "answer one prompt about images"), ("chat", "chat about an image")):
+        p = sub.add_parser(name, help=help_text, formatter_class=Formatter)
+        p.add_argument("model", help="VLM directory")
+        p.add_argument("-i", "--image", action="append", default=[], metavar="PATH_OR_URL",
+                       help="image file or http(s) URL (repeatable)")
+        if name == "generate":
+            p.add_argument("-p", "--prompt", required=True, help="question / instruction ('-' reads stdin)")
+            p.add_argument("--no-chat", action="store_true", help="do not apply the chat template")
+        p.add_argument("--dtype", default="auto", choices=["auto", "stored", "float32", "float16", "bfloat16"],
+                       help="auto = fp32 on CPU (fastest there), stored elsewhere")
+        add_sampling_arguments(p)
+        p.set_defaults(func=run_generate if name == "generate" else run_chat)
+
+    train = sub.add_parser("train", help="stage 1 (projector) or stage 2 (projector + LM) training",
+                           formatter_class=Formatter,
+                           description="Stage 1: --stage projector on image-caption JSON/JSONL "
+                           '({"image": "a.jpg", "caption": "..."}). Stage 2: --stage finetune on LLaVA '
+                           'conversation JSON ({"image": ..., "conversations": [{"from": "human", ...}, '
+                           '{"from": "gpt", ...}]}), full or --lora-rank R (fused at the end). '
+                           "The vision tower stays frozen.")
+    train.add_argument("model", help="VLM directory")
+    train.add_argument("--data", required=True, help="JSON list or JSONL of samples")
+    train.add_argument("-o", "--output", required=True, help="where to write the trained VLM")
+    train.add_argument("--stage", choices=["projector", "finetune"], default="projector")
+    train.add_argument("--steps", type=int, default=200)
+    train.add_argument("--batch-size", type=int, default=8)
+    train.add_argument("--learning-rate", "--lr", type=float, default=1e-3)
+    train.add_argument("--lora-rank", type=int, default=None, help="stage 2: LoRA rank instead of full finetuning")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--force", action="store_true")
+    train.set_defaults(func=run_train)
+
+    quant = sub.add_parser("quantize", help="quantize the LM and projector; vision tower fp16 or quantized",
+                           formatter_class=Formatter)
+    quant.add_argument("model", help="VLM directory")
+    quant.add_argument("-o", "--output", required=True)
+    quant.add_argument("--bits", type=int, default=4)
+    quant.add_argument("--group-size", type=int, default=64)
+    quant.add_argument("--vision", choices=["fp16", "quantize", "keep"], default="fp16",
+                       help="vision tower: fp16 (unquantized, per-module overrides), quantize, or keep as stored")
+    quant.add_argument("--force", action="store_true")
+    quant.set_defaults(func=run_quantize)
+    parser.set_defaults(func=lambda args: parser.print_help() or 0)
+
+
+def load(args):
+    from ..vlm import load_vlm
+
+    if args.dtype == "stored":
+        return load_vlm(args.model, dtype=None, dequantize=False)
+    if args.dtype == "auto":
+        return load_vlm(args.model)
+    return load_vlm(args.model, dtype=args.dtype, dequantize=True)
+
+
+def format_stats(step) -> str:
+    return (f"image encode: {step.image_encode_time * 1000:.0f} ms ({step.image_tokens} image tokens) | "
+            f"TTFT (prefill, after encode): {step.time_to_first_token * 1000:.0f} ms, "
+            f"{step.prompt_tokens} prompt tokens | generation: {step.generation_tokens} tokens, "
+            f"{step.generation_tps:.1f} tok/s | peak memory: {step.peak_memory:.3f} GB")
+
+
+def stream_to_stdout(steps):
+    """Print the steps' text as it comes; returns ``(last step, whole text)``."""
+    last, pieces = None, []
+    try:
+        for step in steps:
+            sys.stdout.write(step.text)
+            sys.stdout.flush()
+            pieces.append(step.text)
+            last = step
+    except KeyboardInterrupt:
+        print("\n[stopped]", file=sys.stderr)
+    print()
+    return last, "".join(pieces)
+
+
+def run_generate(args):
+    from ..vlm import load_image, stream_generate_vlm
+
+    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+    images = [load_image(source) for source in args.image]
+    model, tokenizer, processor = load(args)
+    last, _ = stream_to_stdout(stream_generate_vlm(
+        model, tokenizer, processor, prompt, images, chat=False if args.no_chat else None,
+        max_tokens=args.max_tokens, stop=args.stop, **sampling_kwargs(args)))
+    if last is not None:
+        print(format_stats(last), file=sys.stderr)
+    return 0
+
+
+def run_chat(args):
+    from ..vlm import IMAGE_PLACEHOLDER, encode_images, load_image, stream_generate_vlm
+
+    images = [load_image(source) for source in args.image]
+    model, tokenizer, processor = load(args)
+    features, seconds = encode_images(model, processor, images) if images else (None, 0.0)
+    if images:
+        print(f"[{len(images)} image(s) encoded in {seconds * 1000:.0f} ms, "
+              f"{model.num_image_tokens * len(images)} image tokens]", file=sys.stderr)
+    print("Type a message (empty line or Ctrl-D to quit).", file=sys.stderr)
+    messages = []
+    template = getattr(tokenizer, "chat_template", None)
+    while True:
+        try:
+            text = input(">>> ").strip()
+        except EOFError:
+            break
+        if not text:
+            break
+        if not messages and images:
+            text = (IMAGE_PLACEHOLDER + "\n") * len(images) + text
+        messages.append({"role": "user", "content": text})
+        if template:
+            prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        else:
+            prompt = "\n".join(m["content"] for m in messages) + "\n"
+        last, reply = stream_to_stdout(stream_generate_vlm(
+            model, tokenizer, processor, prompt, formatted=True, image_features=features,
+            max_tokens=args.max_tokens, stop=args.stop, **sampling_kwargs(args)))
+        if last is not None:
+            print(format_stats(last), file=sys.stderr)
+        messages.append({"role": "assistant", "content": reply})
+    return 0
+
+
+def run_build(args):
+    from ..convert.vlm import build_vlm
+
+    projector = {"mlp": "mlp2x_gelu", "pool": "pool_mlp2x_gelu"}[args.projector]
+    dst = build_vlm(args.vision, args.lm, args.output, projector_type=projector, pool_stride=args.pool_stride,
+                    feature_layer=args.feature_layer, seed=args.seed, overwrite=args.force)
+    print(f"wrote {dst} (projector {projector}: untrained, run `mlxsmall vlm train {dst} --stage projector ...`)")
+    return 0
+
+
+def run_convert(args):
+    from ..convert.vlm import convert_llava
+
+    print(f"wrote {convert_llava(args.source, args.output, overwrite=args.force)}")
+    return 0
+
+
+def run_train(args):
+    from ..loading import read_config
+    from ..train.vlm_train import TrainConfig, read_samples, train_vlm
+    from ..vlm import load_vlm, save_vlm
+
+    samples = read_samples(args.data)
+    model, tokenizer, processor = load_vlm(args.model)
+    config = read_config(args.model)
+    train_config = TrainConfig(stage=args.stage, steps=args.steps, batch_size=args.batch_size,
+                               learning_rate=args.learning_rate, lora_rank=args.lora_rank, seed=args.seed)
+
+    def show(record):
+        print(f"step {record['step']:>5}  loss {record['loss']:.4f}  lr {record['learning_rate']:.2e}  "
+              f"{record['tokens_per_second']:.0f} tok/s", file=sys.stderr)
+
+    train_vlm(model, tokenizer, processor, samples, train_config, on_step=show)
+    config.pop("quantization", None)  # loaded dequantized as fp32 on CPU; saved dense
+    config.pop("quantization_config", None)
+    print(f"wrote {save_vlm(args.output, model, config, tokenizer_src_dir=args.model, overwrite=args.force)}")
+    return 0
+
+
+def run_quantize(args):
+    from ..loading import read_config
+    from ..vlm import load_vlm, quantize_vlm, save_vlm
+
+    model, _, _ = load_vlm(args.model, dtype=None, dequantize=False)
+    config = quantize_vlm(model, read_config(args.model), bits=args.bits, group_size=args.group_size,
+                          vision=args.vision)
+    print(f"wrote {save_vlm(args.output, model, config, tokenizer_src_dir=args.model, overwrite=args.force)}")
+    return 0
