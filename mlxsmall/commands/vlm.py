@@ -92,6 +92,20 @@ def register(subparsers):
                        help="vision tower: fp16 (unquantized, per-module overrides), quantize, or keep as stored")
     quant.add_argument("--force", action="store_true")
     quant.set_defaults(func=run_quantize)
+    evaluate = sub.add_parser("eval", help="VQA tasks: vqav2, textvqa, gqa, scienceqa (group: vqa)",
+                              formatter_class=Formatter,
+                              description="Visual question answering. --data sample (default) runs the tiny "
+                              "offline sets in eval/data (images drawn with Pillow); --data hub downloads the "
+                              "real datasets with the `datasets` package.")
+    evaluate.add_argument("model", help="VLM directory")
+    evaluate.add_argument("--tasks", default="vqa", help="comma-separated tasks or the group 'vqa'")
+    evaluate.add_argument("--limit", type=int, default=None, help="documents per task")
+    evaluate.add_argument("--data", choices=["sample", "hub"], default="sample")
+    evaluate.add_argument("--chat", choices=["auto", "on", "off"], default="auto",
+                          help="prompts through the chat template (auto: when the tokenizer has one)")
+    evaluate.add_argument("--dtype", default="auto", choices=["auto", "stored", "float32", "float16", "bfloat16"])
+    evaluate.add_argument("-o", "--output", help="write the results as JSON here")
+    evaluate.set_defaults(func=run_eval)
     parser.set_defaults(func=lambda args: parser.print_help() or 0)
 
 
@@ -223,4 +237,27 @@ def run_quantize(args):
     config = quantize_vlm(model, read_config(args.model), bits=args.bits, group_size=args.group_size,
                           vision=args.vision)
     print(f"wrote {save_vlm(args.output, model, config, tokenizer_src_dir=args.model, overwrite=args.force)}")
+    return 0
+
+
+def run_eval(args):
+    from pathlib import Path
+
+    from ..eval import vqa  # noqa: F401  (registers the VQA tasks and their evaluator)
+    from ..eval.report import write_json
+    from ..eval.runner import EvalOptions, evaluate
+    from ..eval.tasks import resolve_tasks
+
+    tasks = resolve_tasks([args.tasks])
+    model, tokenizer, _ = load(args)
+    options = EvalOptions(limit=args.limit, data=args.data, chat=args.chat)
+
+    results = evaluate(model, tokenizer, tasks, options)
+    for name, result in results.items():
+        metrics = "  ".join(f"{k} {v:.3f}" if k != "image_encode_ms" else f"image encode {v:.1f} ms"
+                            for k, v in result["metrics"].items())
+        print(f"{name:<10} n={result['n']:<4} {metrics}  ({result['seconds']:.1f}s, {result['source']})")
+    if args.output:
+        write_json(Path(args.output), {"model": str(args.model), "results": results})
+        print(f"wrote {args.output}")
     return 0

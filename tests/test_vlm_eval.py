@@ -1,0 +1,60 @@
+"""VQA task: the VQAv2 metric, sample sets with drawn images, and the evaluator on a tiny VLM."""
+
+import json
+
+import mlxsmall  # noqa: F401
+import mlx.core as mx
+import pytest
+
+from mlxsmall.eval import vqa
+from mlxsmall.eval.runner import EvalOptions, evaluate
+from mlxsmall.eval.tasks import load_docs, resolve_tasks
+
+TINY_CLIP = dict(model_type="clip_vision_model", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                 num_attention_heads=4, image_size=32, patch_size=8)
+
+
+def test_vqa_accuracy_follows_the_official_metric():
+    answers = ["two"] * 3 + ["2"] * 1 + ["three"] * 6
+    # "two" and "2" normalise alike: 4 annotators; each leave-one-out subset has 3 or 4 -> min(1, n/3) = 1
+    assert vqa.vqa_accuracy("Two.", answers) == pytest.approx(1.0)
+    # 2 of 10 annotators: 8 subsets with 2 matches (2/3), 2 subsets with 1 match (1/3)
+    assert vqa.vqa_accuracy("red", ["red"] * 2 + ["blue"] * 8) == pytest.approx((8 * 2 / 3 + 2 * 1 / 3) / 10)
+    assert vqa.vqa_accuracy("a dog", ["dog"] * 10) == 1.0
+    assert vqa.normalize_vqa_answer("Isnt it 3.5?") == "isn't it 3.5"
+    assert vqa.vqa_accuracy("cat", ["dog"] * 10) == 0.0
+
+
+def test_sample_sets_load_and_draw():
+    tasks = resolve_tasks(["vqa"])
+    assert [t.name for t in tasks] == ["vqav2", "textvqa", "gqa", "scienceqa"]
+    for task in tasks:
+        docs = load_docs(task, data="sample")
+        assert len(docs) >= 12
+        request = task.to_request(docs[0])
+        assert request["question"]
+        image = vqa.doc_image(docs[0])
+        assert image.size == (64, 64) and image.mode == "RGB"
+    hub_like = {"question": "q", "answers": [{"answer": "yes", "answer_confidence": "yes", "answer_id": 1}]}
+    assert vqa.vqav2_request(hub_like)["answers"] == ["yes"]
+
+
+def test_evaluator_runs_on_a_tiny_vlm(tiny_config, tiny_tokenizer_dir, tmp_path):
+    import shutil
+
+    from mlxsmall.loading import load_tokenizer
+    from mlxsmall.vlm import build_vlm_model, vlm_config
+
+    mx.random.seed(0)
+    model = build_vlm_model(vlm_config(tiny_config("mobilellm"), TINY_CLIP, projector_type="pool_mlp2x_gelu"))
+    tokenizer_dir = shutil.copytree(tiny_tokenizer_dir, tmp_path / "tokenizer")
+    (tokenizer_dir / "config.json").write_text(json.dumps({"eos_token_id": 2}))
+    tokenizer = load_tokenizer(tokenizer_dir)
+    results = evaluate(model, tokenizer, resolve_tasks(["vqav2", "scienceqa", "gqa"]),
+                       EvalOptions(limit=3, max_tokens=3))
+    assert 0.0 <= results["vqav2"]["metrics"]["vqa_accuracy"] <= 1.0
+    assert 0.0 <= results["scienceqa"]["metrics"]["accuracy"] <= 1.0
+    assert 0.0 <= results["gqa"]["metrics"]["exact_match"] <= 1.0
+    assert results["vqav2"]["n"] == 3 and results["vqav2"]["metrics"]["image_encode_ms"] > 0
+    assert results["scienceqa"]["examples"][0]["prediction"] in ("circle", "square", "triangle", "red", "green",
+                                                                  "blue", "yellow")
