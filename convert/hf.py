@@ -108,6 +108,8 @@ def map_config(upstream: dict, weights: dict, *, shared_ffn: Optional[bool] = No
     arch = detect_architecture(upstream)
     config = {k: v for k, v in copy.deepcopy(upstream).items() if k not in DROPPED_FIELDS}
     config["model_type"] = arch
+    if config.get("rope_scaling", 0) is None:
+        del config["rope_scaling"]  # null upstream; transformers warns about the field when present
     for field in ("hidden_size", "num_hidden_layers", "intermediate_size", "num_attention_heads", "vocab_size"):
         if field not in config:
             raise MlxsmallError(f"config.json: missing field {field!r}")
