@@ -199,7 +199,9 @@ class DashboardApp(App):
 
         model, tokenizer = load(self.model_path, dtype=self.dtype)
         facts = model_facts(self.model_path)
-        session = ChatSession(model, tokenizer, max_tokens=self.max_tokens)
+        # room for the history plus a full answer, even when --max-tokens is large
+        session = ChatSession(model, tokenizer, max_tokens=self.max_tokens,
+                              context_length=max(2048, self.max_tokens + 1024))
         run_dtype = _weights_dtype(model)
         events.publish("telemetry", memory=memory_snapshot())
         return model, tokenizer, facts, session, run_dtype

@@ -120,9 +120,9 @@ class ModelPanel(Static):
     def show(self, facts, run_dtype: str = "") -> None:
         quantization = facts.quantization or {}
         stored = f"q{quantization['bits']}" if quantization.get("bits") else "float"
-        bits = f"{stored} stored, {facts.bits_per_weight:.2f} b/w"
+        bits = f"{stored}, {facts.bits_per_weight:.2f} b/w"
         if run_dtype:
-            bits += f" → {run_dtype}"
+            bits += f" → {run_dtype} run"
         self.border_title = "model: " + facts.path.rstrip("/").split("/")[-1][:28]
         self.update(rows(
             ("arch", f"{facts.architecture} {facts.layers}x{facts.hidden_size}"
