@@ -1,6 +1,5 @@
 """Cross-checks against transformers (torch, tests only): CLIP/SigLIP vision towers and a whole LLaVA model."""
 
-
 import mlxsmall  # noqa: F401
 import mlx.core as mx
 import numpy as np
