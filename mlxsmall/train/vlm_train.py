@@ -28,7 +28,7 @@ from ..errors import MlxsmallError
 from ..vlm import IMAGE_PLACEHOLDER, load_image, tokenize_with_images
 
 STAGES = ("projector", "finetune")
-DEFAULT_CAPTION_PROMPT = IMAGE_PLACEHOLDER + "\nDescribe the image."
+DEFAULT_CAPTION_PROMPT = "Describe the image."  # the image placeholder goes first (LLaVA)
 
 
 @dataclass
