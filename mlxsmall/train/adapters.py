@@ -49,9 +49,9 @@ def shares_ffn(model) -> bool:
         getattr(model.args, "shared_ffn", False)
 
 
-def adapter_targets(model, keys: Sequence[str]):
+def adapter_targets(model, keys: Sequence[str], skip=()):
     """``(path, linear)`` for every adaptable linear, each module object once."""
-    seen, targets = set(), []
+    seen, targets = set(id(m) for m in skip), []
     for path, module in model.named_modules():
         if not isinstance(module, (nn.Linear, nn.QuantizedLinear)):
             continue
@@ -78,13 +78,15 @@ def apply_adapters(model, *, method: str = "lora", rank: int = 8, scale: float =
         raise MlxsmallError(f"unknown adapter method {method!r}; use lora or dora")
     keys = tuple(keys or DEFAULT_KEYS)
     model.freeze()
+    skip = []
     if per_layer:
         if getattr(model.args, "layer_sharing", False):
             raise MlxsmallError("--per-layer-adapters: layer-shared MobileLLM applies each stored "
                                 "block twice with the same weights; adapters are per stored block")
         if shares_ffn(model):
+            skip = [m for _, m in model.model.shared_mlp.named_modules()]
             split_shared_ffn(model, method, rank, scale, dropout, keys)
-    targets = adapter_targets(model, keys)
+    targets = adapter_targets(model, keys, skip)
     if not targets and not per_layer:
         raise MlxsmallError(f"no linear layers named {', '.join(keys)} to adapt")
     model.update_modules(tree_unflatten(

@@ -226,9 +226,13 @@ class BatchStream:
             return np.arange(len(self.examples))
         return np.random.default_rng([self.seed, epoch]).permutation(len(self.examples))
 
+    @staticmethod
+    def count_packed_rows(examples: Sequence[Example], max_length: int) -> int:
+        total = sum(len(tokens) for tokens, _ in examples)
+        return max(total - 1, 0) // max_length
+
     def packed_row_count(self) -> int:
-        total = sum(len(tokens) for tokens, _ in self.examples)
-        return max(total - 1, 0) // self.max_length
+        return self.count_packed_rows(self.examples, self.max_length)
 
     def epoch_rows(self, epoch: int):
         """All packed rows of one epoch: a token stream cut into ``max_length + 1`` windows

@@ -81,17 +81,46 @@ def cross_entropy_loss(model, inputs, targets, mask, normalizer):
 
 
 def use_grad_checkpointing(model):
-    """Recompute each block's activations in the backward pass (mlx-lm's helper)."""
-    from mlx_lm.tuner.trainer import grad_checkpoint
+    """Recompute each block's activations in the backward pass (less memory).
 
-    grad_checkpoint(model.layers[0])
+    Like mlx-lm's ``grad_checkpoint``, but it also hands a block the shared FFN
+    it is called with (MobiLlama) as a checkpoint input, so that FFN's adapter
+    gets its gradient, and it changes only this model's blocks (a subclass).
+    """
+    args = getattr(model, "args", None)
+    if getattr(args, "layer_sharing", False) and getattr(args, "layer_sharing_kv", "") == "shared":
+        raise MlxsmallError("--grad-checkpoint does not support layer-shared MobileLLM with shared "
+                            "keys/values (the second application reads the first one's)")
+    block_type = type(model.layers[0])
+    if getattr(block_type, "checkpointed", False):
+        return
+    call = block_type.__call__
+
+    def checkpointed(self, x, mask=None, cache=None, mlp=None):
+        if cache is not None:  # inference with a KV cache: nothing to recompute
+            return call(self, x, mask, cache, mlp)
+
+        def inner(params, mlp_params, x):
+            self.update(params)
+            if mlp is not None:
+                mlp.update(mlp_params)
+            return call(self, x, mask, None, mlp)
+
+        mlp_params = mlp.trainable_parameters() if mlp is not None else {}
+        return mx.checkpoint(inner)(self.trainable_parameters(), mlp_params, x)
+
+    subclass = type(f"Checkpointed{block_type.__name__}", (block_type,),
+                    {"__call__": checkpointed, "checkpointed": True})
+    for block in model.layers:
+        block.__class__ = subclass
 
 
 class Trainer:
     """Runs ``config.steps`` optimizer steps on ``model``'s trainable parameters.
 
     ``loss_fn(model, inputs, targets, mask, normalizer) -> scalar`` may be
-    replaced (distillation). ``output_dir`` receives ``train_log.jsonl`` and
+    replaced (distillation); validation always reports plain cross-entropy.
+    ``output_dir`` receives ``train_log.jsonl`` and
     ``checkpoints/``.
     """
 
@@ -114,6 +143,7 @@ class Trainer:
         self.step = 0
         self.trained_tokens = 0
         self.last_val_loss = None
+        self.initial_val_loss = None
 
     # -- state ---------------------------------------------------------------
 
@@ -136,6 +166,7 @@ class Trainer:
         self.step = int(state["step"])
         self.trained_tokens = int(state.get("trained_tokens", 0))
         self.last_val_loss = state.get("val_loss")
+        self.initial_val_loss = state.get("initial_val_loss")
         mx.eval(self.model.parameters(), self.optimizer.state)
 
     def save_checkpoint(self):
@@ -147,6 +178,7 @@ class Trainer:
             "examples": len(self.train_stream.examples),
             "trained_tokens": self.trained_tokens,
             "val_loss": self.last_val_loss,
+            "initial_val_loss": self.initial_val_loss,
             "config": asdict(self.config),
         }
         return ckpt.save_checkpoint(self.checkpoint_root, self.step, trainable,
@@ -158,11 +190,11 @@ class Trainer:
         if self.rank != 0:
             return
         record = dict(phase=phase, step=self.step, total_steps=self.config.steps, **fields)
-        events.publish("train", **record)
-        if self.output_dir is not None:
+        if self.output_dir is not None:  # the log first: it survives a subscriber that fails
             self.output_dir.mkdir(parents=True, exist_ok=True)
             with open(self.output_dir / "train_log.jsonl", "a") as log:
                 log.write(json.dumps(dict(record, time=time.time())) + "\n")
+        events.publish("train", **record)
 
     # -- computation ---------------------------------------------------------
 
@@ -177,7 +209,7 @@ class Trainer:
         for position in range(num_batches):
             batch = self.valid_stream.batch(position).shard(self.rank, self.world_size)
             mask = mx.array(batch.mask)
-            total = total + self.loss_fn(self.model, mx.array(batch.inputs),
+            total = total + cross_entropy_loss(self.model, mx.array(batch.inputs),
                                          mx.array(batch.targets), mask, mx.array(1.0))
             tokens = tokens + mask.sum()
             mx.eval(total, tokens)
@@ -226,8 +258,8 @@ class Trainer:
         self.optimizer.init(self.model.trainable_parameters())
         micro_step, apply, state = self.build_step()
 
-        if self.step == 0 or self.last_val_loss is None:
-            self.last_val_loss = self.evaluate()
+        if self.step == 0:
+            self.last_val_loss = self.initial_val_loss = self.evaluate()
         self.emit("start", resumed=resume_from is not None, val_loss=self.last_val_loss,
                   world_size=self.world_size,
                   trainable_parameters=sum(v.size for _, v in tree_flatten(self.model.trainable_parameters())))

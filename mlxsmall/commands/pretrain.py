@@ -1,0 +1,77 @@
+"""mlxsmall pretrain: train a MobileLLM / MobiLlama model from scratch."""
+
+import argparse
+import sys
+
+from .finetune import add_training_arguments, train_config, training_progress
+
+EPILOG = """\
+configs (--config): scaled-down deep-and-thin `tiny`/`small`, and the paper
+shapes: mobilellm 125m 350m 600m 1b 1.5b; mobillama 0.5b 0.8b.
+
+corpus: text files (.txt/.md: one document each), JSONL files with a "text"
+field, directories of those, or a Hugging Face dataset id (needs `datasets`).
+Documents are tokenized, joined with EOS and packed into --max-length rows.
+
+tokenizer (--tokenizer): a directory with tokenizer.json or a LLaMA
+SentencePiece tokenizer.model (default: the offline default model's), or
+tiktoken:NAME (e.g. tiktoken:gpt2; needs its BPE file cached).
+
+distillation: --teacher MODEL adds a logit KL term to the loss
+((1-alpha)*CE + alpha*T^2*KL); the teacher must share the tokenizer.
+
+examples:
+  mlxsmall pretrain --arch mobillama --config tiny corpus/ -o runs/tiny --steps 500
+  mlxsmall pretrain --arch mobilellm --config tiny --layer-sharing corpus.jsonl -o runs/ls
+  mlxsmall pretrain --arch mobilellm --config tiny corpus/ --teacher ./smollm2 -o runs/kd
+  mlx.launch -n 2 --backend ring -- mlxsmall pretrain ... (data parallel)
+"""
+
+
+def register(subparsers):
+    parser = subparsers.add_parser(
+        "pretrain", help="pretrain a small model from scratch",
+        description="Pretrain a MobileLLM or MobiLlama model from scratch on a text corpus.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("corpus", nargs="+", help="text/JSONL files, directories or hub dataset ids")
+    parser.add_argument("--arch", choices=["mobillama", "mobilellm"], default="mobillama")
+    parser.add_argument("--config", default="tiny", help="model size (default tiny; see below)")
+    parser.add_argument("--layer-sharing", action="store_true",
+                        help="MobileLLM block-wise layer sharing (each block applied twice)")
+    parser.add_argument("--tokenizer", default=None,
+                        help="tokenizer directory or tiktoken:NAME (default: the default model's)")
+    parser.add_argument("-o", "--output", required=True, help="run directory (model in OUTPUT/model)")
+    parser.add_argument("--max-length", type=int, default=256, help="tokens per packed row (default 256)")
+    parser.add_argument("--teacher", default=None, help="teacher model for distillation")
+    parser.add_argument("--distill-alpha", type=float, default=0.5, help="weight of the KL term")
+    parser.add_argument("--distill-temperature", type=float, default=2.0)
+    add_training_arguments(parser, steps=1000, learning_rate=1e-3)
+    parser.set_defaults(func=run)
+
+
+def run(args):
+    import mlx.core as mx
+
+    from ..train.pretrain import PretrainSettings, pretrain
+
+    tokenizer = args.tokenizer
+    if tokenizer is None:
+        from ..hub import default_model_path
+
+        tokenizer = str(default_model_path())
+    settings = PretrainSettings(
+        arch=args.arch, size=args.config, layer_sharing=args.layer_sharing,
+        max_length=args.max_length, teacher=args.teacher, distill_alpha=args.distill_alpha,
+        distill_temperature=args.distill_temperature, train=train_config(args),
+    )
+    with training_progress(enabled=not args.quiet and sys.stderr.isatty(), label="pretrain") as console:
+        trainer = pretrain(args.corpus, tokenizer, args.output, settings,
+                           resume=args.resume, force=args.force)
+    if mx.distributed.init().rank() == 0:
+        first, last = trainer.initial_val_loss, trainer.last_val_loss
+        fmt = lambda v: "n/a (no validation rows)" if v is None else f"{v:.4f}"
+        console.print(f"validation loss: {fmt(first)} -> {fmt(last)} after {trainer.step} steps "
+                      f"({trainer.trained_tokens} tokens)")
+        console.print(f"model: {trainer.model_dir}")
+    return 0

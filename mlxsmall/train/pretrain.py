@@ -1,0 +1,197 @@
+"""Pretraining from scratch: deep-and-thin configs, an existing tokenizer,
+packed text, and optional knowledge distillation from a teacher (logit KL)."""
+
+import copy
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from ..errors import MlxsmallError
+from ..loading import build_model, save_model
+from . import checkpoint as ckpt
+from .data import BatchStream, load_text_corpus
+from .trainer import TrainConfig, Trainer, cross_entropy_loss
+
+# Paper shapes (SPEC.md) and scaled-down deep-thin ones for laptops and tests.
+# vocab_size comes from the tokenizer.
+CONFIGS = {
+    "mobilellm": {
+        "tiny": dict(num_hidden_layers=12, hidden_size=128, num_attention_heads=4, num_key_value_heads=2, intermediate_size=352),
+        "small": dict(num_hidden_layers=24, hidden_size=256, num_attention_heads=8, num_key_value_heads=4, intermediate_size=704),
+        "125m": dict(num_hidden_layers=30, hidden_size=576, num_attention_heads=9, num_key_value_heads=3, intermediate_size=1536),
+        "350m": dict(num_hidden_layers=32, hidden_size=960, num_attention_heads=15, num_key_value_heads=5, intermediate_size=2560),
+        "600m": dict(num_hidden_layers=40, hidden_size=1152, num_attention_heads=18, num_key_value_heads=6, intermediate_size=3072),
+        "1b": dict(num_hidden_layers=54, hidden_size=1280, num_attention_heads=20, num_key_value_heads=5, intermediate_size=3584),
+        "1.5b": dict(num_hidden_layers=54, hidden_size=1600, num_attention_heads=25, num_key_value_heads=5, intermediate_size=4352),
+    },
+    "mobillama": {
+        "tiny": dict(num_hidden_layers=8, hidden_size=128, num_attention_heads=4, intermediate_size=352),
+        "small": dict(num_hidden_layers=16, hidden_size=256, num_attention_heads=8, intermediate_size=704),
+        "0.5b": dict(num_hidden_layers=22, hidden_size=2048, num_attention_heads=32, intermediate_size=5632),
+        "0.8b": dict(num_hidden_layers=22, hidden_size=2560, num_attention_heads=32, intermediate_size=10240,
+                     max_position_embeddings=2560),
+    },
+}
+ARCH_DEFAULTS = {
+    "mobilellm": dict(model_type="mobilellm", share_embedding=True, tie_word_embeddings=False,
+                      rope_theta=10000.0, rms_norm_eps=1e-5, max_position_embeddings=2048),
+    "mobillama": dict(model_type="mobillama", shared_ffn=True, rms_norm_eps=1e-5,
+                      max_position_embeddings=2048),
+}
+
+
+def model_config(arch: str, size: str, vocab_size: int, *, layer_sharing: bool = False,
+                 **overrides) -> dict:
+    if arch not in CONFIGS:
+        raise MlxsmallError(f"unknown --arch {arch!r}; choose one of {', '.join(CONFIGS)}")
+    if size not in CONFIGS[arch]:
+        raise MlxsmallError(f"unknown --config {size!r} for {arch}; choose one of "
+                            f"{', '.join(CONFIGS[arch])}")
+    config = dict(ARCH_DEFAULTS[arch], **CONFIGS[arch][size], vocab_size=vocab_size)
+    if arch == "mobillama":
+        config["num_key_value_heads"] = config["num_attention_heads"]
+    if layer_sharing:
+        if arch != "mobilellm":
+            raise MlxsmallError("--layer-sharing is a MobileLLM option")
+        config["layer_sharing"] = True
+    config.update(overrides)
+    return config
+
+
+class TextTokenizer:
+    """What pretraining needs from a tokenizer: ``encode``, ``eos_token_id``,
+    ``vocab_size`` and a way to save it next to the model."""
+
+    def __init__(self, encode, eos_token_id, vocab_size, source_dir=None, name=""):
+        self.encode = encode
+        self.eos_token_id = eos_token_id
+        self.vocab_size = vocab_size
+        self.source_dir = source_dir
+        self.name = name
+
+
+def load_text_tokenizer(spec: str) -> TextTokenizer:
+    """A tokenizer directory (HF tokenizer.json or LLaMA SentencePiece
+    tokenizer.model) or ``tiktoken:ENCODING`` (e.g. tiktoken:gpt2)."""
+    if spec.startswith("tiktoken:"):
+        name = spec.split(":", 1)[1]
+        try:
+            import tiktoken
+
+            encoding = tiktoken.get_encoding(name)
+        except Exception as error:  # unknown name, or its BPE file cannot be fetched offline
+            raise MlxsmallError(f"{spec}: cannot load tiktoken encoding ({error})") from None
+        return TextTokenizer(encoding.encode_ordinary, encoding.eot_token, encoding.n_vocab,
+                             name=spec)
+    directory = Path(spec)
+    if not directory.is_dir():
+        raise MlxsmallError(f"{spec}: not a tokenizer directory (or use tiktoken:NAME)")
+    from mlx_lm.tokenizer_utils import load as load_tokenizer
+
+    try:
+        tokenizer = load_tokenizer(directory)
+    except Exception as error:
+        raise MlxsmallError(f"{directory}: cannot load the tokenizer ({error})") from None
+    vocab = len(tokenizer._tokenizer)
+    return TextTokenizer(tokenizer.encode, tokenizer.eos_token_id, vocab, source_dir=directory,
+                         name=str(directory))
+
+
+def round_vocab(size: int, multiple: int = 64) -> int:
+    return -(-size // multiple) * multiple
+
+
+def distillation_loss(teacher, alpha: float, temperature: float):
+    """``(1 - alpha) * CE + alpha * T^2 * KL(teacher || student)`` per target token."""
+
+    def loss(model, inputs, targets, mask, normalizer):
+        logits = model(inputs).astype(mx.float32)
+        teacher_logits = mx.stop_gradient(teacher(inputs).astype(mx.float32))
+        ce = nn.losses.cross_entropy(logits, targets)
+        teacher_logprobs = nn.log_softmax(teacher_logits / temperature, axis=-1)
+        student_logprobs = nn.log_softmax(logits / temperature, axis=-1)
+        kl = (mx.exp(teacher_logprobs) * (teacher_logprobs - student_logprobs)).sum(axis=-1)
+        per_token = (1 - alpha) * ce + alpha * temperature**2 * kl
+        return (per_token * mask).sum() / normalizer
+
+    return loss
+
+
+@dataclass
+class PretrainSettings:
+    arch: str = "mobillama"
+    size: str = "tiny"
+    layer_sharing: bool = False
+    max_length: int = 256
+    teacher: Optional[str] = None
+    distill_alpha: float = 0.5
+    distill_temperature: float = 2.0
+    overrides: dict = field(default_factory=dict)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def pretrain(corpus: Sequence[str], tokenizer_spec: str, output_dir, settings: PretrainSettings,
+             *, resume: bool = False, force: bool = False):
+    """Train a new model on ``corpus``; writes ``output_dir/model`` and returns the Trainer."""
+    output_dir = Path(output_dir)
+    group = mx.distributed.init()
+    checkpoints = output_dir / "checkpoints"
+    if not resume and ckpt.checkpoint_dirs(checkpoints):
+        if not force:
+            raise MlxsmallError(f"{output_dir}: holds checkpoints of an earlier run; pass --resume "
+                                "to continue it or --force to start over")
+        if group.rank() == 0:
+            shutil.rmtree(checkpoints, ignore_errors=True)
+            (output_dir / "train_log.jsonl").unlink(missing_ok=True)
+    tokenizer = load_text_tokenizer(tokenizer_spec)
+    config = model_config(settings.arch, settings.size, round_vocab(tokenizer.vocab_size),
+                          layer_sharing=settings.layer_sharing, **settings.overrides)
+    if tokenizer.eos_token_id is not None:
+        config["eos_token_id"] = tokenizer.eos_token_id
+    mx.random.seed(settings.train.seed)
+    model = build_model(config)
+    mx.eval(model.parameters())
+
+    loss_fn = cross_entropy_loss
+    if settings.teacher:
+        from ..loading import load_model, resolve_model_path
+
+        teacher, teacher_config = load_model(resolve_model_path(settings.teacher), dtype="float32",
+                                             dequantize=True)
+        if teacher_config["vocab_size"] < tokenizer.vocab_size:
+            raise MlxsmallError(f"{settings.teacher}: teacher vocabulary ({teacher_config['vocab_size']}) "
+                                f"is smaller than the tokenizer's ({tokenizer.vocab_size})")
+        teacher.freeze()
+        teacher.eval()
+        config["vocab_size"] = teacher_config["vocab_size"]  # KL needs the same logit space
+        mx.random.seed(settings.train.seed)
+        model = build_model(config)
+        mx.eval(model.parameters())
+        loss_fn = distillation_loss(teacher, settings.distill_alpha, settings.distill_temperature)
+
+    train_examples, valid_examples = load_text_corpus(corpus, tokenizer.encode, tokenizer.eos_token_id,
+                                                      seed=settings.train.seed)
+    train_stream = BatchStream(train_examples, batch_size=settings.train.batch_size,
+                               max_length=settings.max_length, pack=True, seed=settings.train.seed)
+    valid_stream = None
+    if valid_examples:
+        rows = BatchStream.count_packed_rows(valid_examples, settings.max_length)
+        valid_batch = min(settings.train.batch_size, rows)
+        valid_batch -= valid_batch % group.size()
+        if valid_batch > 0:
+            valid_stream = BatchStream(valid_examples, batch_size=valid_batch,
+                                       max_length=settings.max_length, pack=True, shuffle=False)
+    settings.train.extra = {"arch": settings.arch, "size": settings.size, "tokenizer": tokenizer.name}
+    trainer = Trainer(model, train_stream, settings.train, valid_stream=valid_stream,
+                      output_dir=output_dir, group=group, loss_fn=loss_fn)
+    trainer.train(resume_from=ckpt.latest_checkpoint(checkpoints) if resume else None)
+    if group.rank() == 0:
+        if tokenizer.source_dir is None:
+            config["tokenizer"] = tokenizer.name  # tiktoken: no HF tokenizer files to copy
+        trainer.model_dir = save_model(output_dir / "model", model, copy.deepcopy(config),
+                                       tokenizer_src_dir=tokenizer.source_dir, overwrite=True)
+    return trainer
