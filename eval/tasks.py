@@ -78,8 +78,14 @@ class GenerationTask(Task):
 
 @dataclass
 class PerplexityTask(Task):
+    """Perplexity of one text; the sample "set" is a plain text file (a path or a name in eval/data)."""
+
     to_text: Callable[[List[dict]], str] = None
     kind: str = "perplexity"
+
+    def sample_docs(self) -> List[dict]:
+        path = DATA_DIR / self.sample_file  # an absolute sample_file replaces DATA_DIR
+        return [{"text": path.read_text(encoding="utf-8", errors="replace")}]
 
 
 @dataclass
@@ -182,6 +188,9 @@ def hub_docs(task: Task, split: str, limit: Optional[int]) -> List[dict]:
     return docs
 
 
+_FEWSHOT_POOLS: Dict[str, List[dict]] = {}  # hub few-shot splits, loaded once per process
+
+
 def fewshot_docs(task: Task, doc_index: int, docs: List[dict], shots: int, *, data: str, seed: int = 0,
                  pool_cache: Optional[dict] = None) -> List[dict]:
     """``shots`` examples for document ``doc_index``: from the task's few-shot split on the
@@ -189,7 +198,7 @@ def fewshot_docs(task: Task, doc_index: int, docs: List[dict], shots: int, *, da
     if shots <= 0:
         return []
     if data == "hub" and task.hub and task.hub.fewshot_split:
-        cache = pool_cache if pool_cache is not None else {}
+        cache = pool_cache if pool_cache is not None else _FEWSHOT_POOLS
         if task.name not in cache:
             cache[task.name] = hub_docs(task, task.hub.fewshot_split, max(64, shots))
         pool = cache[task.name]
@@ -434,24 +443,13 @@ for task in [
     register_task(task)
 
 
-def _text_file_docs(self) -> List[dict]:
-    path = DATA_DIR / self.sample_file
-    return [{"text": path.read_text(encoding="utf-8")}]
-
-
-PerplexityTask.sample_docs = _text_file_docs
-
-
 def text_file_task(path: str) -> PerplexityTask:
     """Perplexity of a local text file (``--text-file``)."""
-    file = Path(path).expanduser()
+    file = Path(path).expanduser().resolve()
     if not file.is_file():
         raise MlxsmallError(f"--text-file: {file}: no such file")
-
-    task = PerplexityTask(f"ppl:{file.name}", description=f"perplexity of {file}", sample_file=str(file),
+    return PerplexityTask(f"ppl:{file.name}", description=f"perplexity of {file}", sample_file=str(file),
                           to_text=lambda docs: "".join(d["text"] for d in docs))
-    task.sample_docs = lambda: [{"text": file.read_text(encoding="utf-8", errors="replace")}]
-    return task
 
 
 # The vision-language work fills this in: a task of kind "vqa" with its own evaluator,
