@@ -11,7 +11,6 @@ import dataclasses
 import json
 import os
 import shutil
-import struct
 import tempfile
 from pathlib import Path
 from typing import Optional, Tuple, Union
@@ -22,6 +21,7 @@ from mlx.utils import tree_flatten, tree_map
 from mlx_lm.utils import dequantize_model, load_model as mlx_lm_load_model, save_config
 from mlx_lm.utils import save_model as mlx_lm_save_weights
 
+from .convert.safetensors_io import read_header
 from .errors import MlxsmallError
 from .models import ARCHITECTURES, get_architecture
 
@@ -87,45 +87,7 @@ def build_model(config: dict) -> nn.Module:
     return architecture_for(config).Model(model_args(config))
 
 
-# --------------------------------------------------------------------------- safetensors
-
-
-def check_safetensors(path: Path) -> dict:
-    """Validate a safetensors file's header against its size; return the header.
-
-    MLX reports a truncated or corrupt file with a low-level message (or
-    worse); this names the file and what is wrong with it.
-    """
-    path = Path(path)
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        prefix = f.read(8)
-        if len(prefix) < 8:
-            raise MlxsmallError(f"{path}: truncated safetensors file ({size} bytes)")
-        (header_len,) = struct.unpack("<Q", prefix)
-        if header_len > size - 8:
-            raise MlxsmallError(
-                f"{path}: corrupt or truncated safetensors file (header of {header_len} "
-                f"bytes, file has {size})"
-            )
-        try:
-            header = json.loads(f.read(header_len))
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise MlxsmallError(f"{path}: corrupt safetensors header") from None
-    end = 0
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        try:
-            end = max(end, int(info["data_offsets"][1]))
-        except (KeyError, TypeError, IndexError, ValueError):
-            raise MlxsmallError(f"{path}: corrupt safetensors header entry {name!r}") from None
-    if 8 + header_len + end > size:
-        raise MlxsmallError(
-            f"{path}: truncated safetensors file (needs {8 + header_len + end} bytes, "
-            f"has {size})"
-        )
-    return header
+# --------------------------------------------------------------------------- weights
 
 
 def weight_files(model_dir: Path):
@@ -157,7 +119,7 @@ def load_model(
     if model_config:
         config.update(model_config)
     model_args(config, str(model_dir / "config.json"))  # clear errors before mlx-lm sees it
-    headers = {f: check_safetensors(f) for f in weight_files(model_dir)}
+    headers = {f: read_header(f) for f in weight_files(model_dir)}
 
     def get_classes(config):
         arch = architecture_for(config)
@@ -340,7 +302,7 @@ def weight_bytes(model: nn.Module) -> int:
 
 
 __all__ = [
-    "ARCHITECTURES", "build_model", "check_safetensors", "load", "load_model",
+    "ARCHITECTURES", "build_model", "load", "load_model",
     "load_tokenizer", "model_args", "parameter_counts", "read_config",
     "resolve_model_path", "save_model", "weight_bytes",
 ]

@@ -143,7 +143,7 @@ def test_truncated_safetensors_names_file(make_tiny_model):
     path = make_tiny_model("mobilellm")
     data = (path / "model.safetensors").read_bytes()
     (path / "model.safetensors").write_bytes(data[: len(data) // 2])
-    with pytest.raises(MlxsmallError, match=r"model.safetensors: truncated safetensors file"):
+    with pytest.raises(MlxsmallError, match=r"model.safetensors: .*truncated"):
         load_model(path)
 
 
