@@ -164,8 +164,9 @@ def load_vlm(path, *, dtype: Optional[str] = "auto", dequantize: Optional[bool] 
     Like ``mlxsmall.load``: on CPU, quantized / half-precision weights are run as fp32 by default."""
     from mlx_lm.utils import dequantize_model, load_model as mlx_lm_load_model
 
-    from .loading import (cast_floating, check_safetensors, describe_weight_error, load_tokenizer,
-                          read_config, resolve_model_path, running_on_cpu, weight_files)
+    from .convert.safetensors_io import read_header
+    from .loading import (cast_floating, describe_weight_error, load_tokenizer, read_config, resolve_model_path,
+                          running_on_cpu, weight_files)
     from .models import vlm
 
     model_dir = resolve_model_path(path)
@@ -174,7 +175,7 @@ def load_vlm(path, *, dtype: Optional[str] = "auto", dequantize: Optional[bool] 
         raise MlxsmallError(f"{model_dir / 'config.json'}: not a vision-language model "
                             "(needs model_type 'llava' with text_config and vision_config)")
     build_vlm_model(config)  # clear config errors before mlx-lm sees it
-    headers = {f: check_safetensors(f) for f in weight_files(model_dir)}
+    headers = {f: read_header(f) for f in weight_files(model_dir)}
     try:
         model, config = mlx_lm_load_model(model_dir, lazy=True, strict=True,
                                           get_model_classes=lambda config: (vlm.Model, vlm.ModelArgs))

@@ -208,6 +208,9 @@ def run_convert(args):
 
 
 def run_train(args):
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
     from ..loading import read_config
     from ..train.vlm_train import TrainConfig, read_samples, train_vlm
     from ..vlm import load_vlm, save_vlm
@@ -216,13 +219,18 @@ def run_train(args):
     model, tokenizer, processor = load_vlm(args.model)
     config = read_config(args.model)
     train_config = TrainConfig(stage=args.stage, steps=args.steps, batch_size=args.batch_size,
-                               learning_rate=args.learning_rate, lora_rank=args.lora_rank, seed=args.seed)
+                               learning_rate=args.learning_rate, lora_rank=args.lora_rank, seed=args.seed,
+                               log_every=max(1, args.steps // 100))
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+               TextColumn("{task.fields[status]}"), TimeRemainingColumn())
+    with Progress(*columns, transient=False, console=Console(stderr=True)) as bar:
+        task = bar.add_task(f"stage {args.stage}", total=args.steps, status="encoding images")
 
-    def show(record):
-        print(f"step {record['step']:>5}  loss {record['loss']:.4f}  lr {record['learning_rate']:.2e}  "
-              f"{record['tokens_per_second']:.0f} tok/s", file=sys.stderr)
+        def show(record):
+            bar.update(task, completed=record["step"], status=f"loss {record['loss']:.4f}  "
+                       f"lr {record['learning_rate']:.2e}  {record['tokens_per_second']:.0f} tok/s")
 
-    train_vlm(model, tokenizer, processor, samples, train_config, on_step=show)
+        train_vlm(model, tokenizer, processor, samples, train_config, on_step=show)
     config.pop("quantization", None)  # loaded dequantized as fp32 on CPU; saved dense
     config.pop("quantization_config", None)
     print(f"wrote {save_vlm(args.output, model, config, tokenizer_src_dir=args.model, overwrite=args.force)}")
@@ -252,7 +260,17 @@ def run_eval(args):
     model, tokenizer, _ = load(args)
     options = EvalOptions(limit=args.limit, data=args.data, chat=args.chat)
 
-    results = evaluate(model, tokenizer, tasks, options)
+    from rich.console import Console
+    from rich.progress import Progress
+
+    with Progress(console=Console(stderr=True), transient=True) as bar:
+        bars = {}
+
+        def started(task, total):
+            bars[task.name] = bar.add_task(task.name, total=total)
+
+        results = evaluate(model, tokenizer, tasks, options, on_task_start=started,
+                           on_progress=lambda name, advance, total: bar.advance(bars[name], advance))
     for name, result in results.items():
         metrics = "  ".join(f"{k} {v:.3f}" if k != "image_encode_ms" else f"image encode {v:.1f} ms"
                             for k, v in result["metrics"].items())
