@@ -1,9 +1,10 @@
 """Multi-turn chat on top of the one generation loop.
 
-Keeps the conversation, builds the prompt with the model's chat template
-(the tokenizer's own, FastChat one_shot for MobiLlama-Chat, a plain transcript
-for base models), keeps the KV cache across turns when the new prompt extends
-the old one, and drops the oldest turns when the context would overflow.
+Keeps the conversation, builds the prompt with the model's chat template (the
+tokenizer's own: ChatML for SmolLM2, FastChat one_shot written in by the
+conversion for MobiLlama-Chat; a plain transcript for base models), keeps the
+KV cache across turns when the new prompt extends the old one, and drops the
+oldest turns when the context would overflow.
 """
 
 from dataclasses import dataclass, field
@@ -12,28 +13,6 @@ from typing import List, Optional
 from mlx_lm.models.cache import can_trim_prompt_cache, make_prompt_cache, trim_prompt_cache
 
 from .generation import stream_generate
-
-FASTCHAT_SYSTEM = (
-    "A chat between a curious human and an artificial intelligence assistant. "
-    "The assistant gives helpful, detailed, and polite answers to the human's questions."
-)
-
-
-def fastchat_one_shot(messages, add_generation_prompt=True) -> str:
-    """FastChat "one_shot" style used by MobiLlama-Chat: ``### Human:`` / ``### Assistant:`` turns."""
-    system = FASTCHAT_SYSTEM
-    turns = []
-    for message in messages:
-        if message["role"] == "system":
-            system = message["content"]
-        else:
-            who = "Human" if message["role"] == "user" else "Assistant"
-            turns.append(f"### {who}: {message['content']}")
-    text = system + "\n" + "\n".join(turns)
-    if add_generation_prompt:
-        text += "\n### Assistant:"
-    return text
-
 
 def plain_transcript(messages, add_generation_prompt=True) -> str:
     lines = [f"{m['role'].capitalize()}: {m['content']}" for m in messages]
@@ -49,7 +28,8 @@ class ChatSession:
     context_length: int = 2048
     max_tokens: int = 512
     system: Optional[str] = None
-    template: Optional[str] = None  # None: the tokenizer's; "fastchat" or "plain"
+    template: Optional[str] = None  # None: the tokenizer's if it has one; "plain": a transcript
+    stop: List[str] = field(default_factory=list)  # e.g. "###" for FastChat-style models
     messages: List[dict] = field(default_factory=list)
     notices: List[str] = field(default_factory=list)
 
@@ -63,7 +43,7 @@ class ChatSession:
 
     @property
     def stop_strings(self):
-        return ["### Human:"] if self.template_name == "fastchat" else ["\nUser:"] if self.template_name == "plain" else []
+        return self.stop + (["\nUser:"] if self.template_name == "plain" else [])
 
     @property
     def template_name(self) -> str:
@@ -75,8 +55,7 @@ class ChatSession:
         name = self.template_name
         if name == "tokenizer":
             return list(self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True))
-        text = (fastchat_one_shot if name == "fastchat" else plain_transcript)(messages)
-        return self.tokenizer.encode(text)
+        return self.tokenizer.encode(plain_transcript(messages))
 
     def fit_history(self) -> List[int]:
         """Prompt tokens for the conversation, dropping the oldest turns if needed."""

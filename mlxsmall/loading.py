@@ -55,6 +55,18 @@ def read_config(model_dir: Path) -> dict:
     return config
 
 
+def stop_strings(model_dir) -> list:
+    """Stop strings the model's ``generation_config.json`` asks for (e.g. "###" for FastChat)."""
+    path = Path(model_dir) / "generation_config.json"
+    if not path.is_file():
+        return []
+    try:
+        stops = json.loads(path.read_text(encoding="utf-8")).get("stop_strings") or []
+    except (json.JSONDecodeError, AttributeError):
+        raise MlxsmallError(f"{path}: not a valid generation config") from None
+    return [stops] if isinstance(stops, str) else list(stops)
+
+
 def architecture_for(config: dict, source: str = "config.json"):
     """The models/ module that implements this config (mlx-lm ``_get_classes`` style)."""
     model_type = config.get("model_type")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from mlxsmall import events, generate, load, stream_generate
-from mlxsmall.chat import ChatSession, fastchat_one_shot
+from mlxsmall.chat import ChatSession
 from mlxsmall.generation import StopStrings
 
 
@@ -112,10 +112,17 @@ def test_chat_interrupted_answer_keeps_the_session_usable(make_tiny_model):
     assert len(list(session.send("Again"))) >= 1
 
 
-def test_fastchat_one_shot_format():
-    text = fastchat_one_shot([{"role": "user", "content": "Hi"}])
-    assert text.startswith("A chat between a curious human")
-    assert text.endswith("### Human: Hi\n### Assistant:")
+def test_chat_honours_the_models_stop_strings(make_tiny_model):
+    import json
+
+    from mlxsmall.loading import stop_strings
+
+    path = make_tiny_model("mobilellm")
+    (path / "generation_config.json").write_text(json.dumps({"stop_strings": ["###"]}))
+    assert stop_strings(path) == ["###"]
+    model, tokenizer = load(path)
+    session = ChatSession(model, tokenizer, stop=stop_strings(path), template="plain")
+    assert session.stop_strings == ["###", "\nUser:"]
 
 
 def run_cli(*args, stdin=None):

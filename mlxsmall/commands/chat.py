@@ -25,8 +25,9 @@ def register(subparsers):
     )
     add_model_argument(parser)
     parser.add_argument("--system", default=None, help="system prompt")
-    parser.add_argument("--template", choices=["tokenizer", "fastchat", "plain"], default=None,
-                        help="prompt format (default: the model's own; fastchat = MobiLlama-Chat)")
+    parser.add_argument("--template", choices=["tokenizer", "plain"], default=None,
+                        help="prompt format (default: the model's chat template, or a plain "
+                        "User:/Assistant: transcript for models without one)")
     parser.add_argument("--context", type=int, default=None,
                         help="context length in tokens (default: the model's max_position_embeddings)")
     add_sampling_arguments(parser)
@@ -35,19 +36,15 @@ def register(subparsers):
 
 def run(args):
     from ..chat import ChatSession
-    from ..loading import read_config
+    from ..loading import read_config, stop_strings
 
     model, tokenizer, path = load_for_run(args)
     config = read_config(path)
-    template = args.template
-    if template == "tokenizer":
-        template = None
-    elif template is None and config.get("chat_template_name") == "fastchat_one_shot":
-        template = "fastchat"
     context = args.context or config.get("max_position_embeddings") or 2048
     session = ChatSession(
         model, tokenizer, context_length=context, max_tokens=min(args.max_tokens, context // 2),
-        system=args.system, template=template,
+        system=args.system, template=None if args.template == "tokenizer" else args.template,
+        stop=stop_strings(path) + args.stop,
     )
     print(f"chatting with {path.name} ({session.template_name} template). /reset, /quit, Ctrl-C stops an answer.")
     while True:

@@ -32,6 +32,7 @@ def register(subparsers):
 
 def run(args):
     from ..generation import stream_generate
+    from ..loading import stop_strings
 
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
     model, tokenizer, path = load_for_run(args)
@@ -44,7 +45,8 @@ def run(args):
     last = None
     try:
         for step in stream_generate(
-            model, tokenizer, prompt, max_tokens=args.max_tokens, stop=args.stop,
+            model, tokenizer, prompt, max_tokens=args.max_tokens,
+            stop=args.stop + (stop_strings(path) if args.chat else []),
             **sampling_kwargs(args),
         ):
             sys.stdout.write(step.text)
