@@ -159,7 +159,8 @@ class Embeddings(nn.Module):
         if self.is_clip:
             cls = mx.broadcast_to(self.class_embedding.astype(x.dtype), (B, 1, D))
             x = mx.concatenate([cls, x], axis=1)
-        return x + self.position_embedding.weight.astype(x.dtype)
+        # Called, not read as .weight, so that a quantized position table works too.
+        return x + self.position_embedding(mx.arange(x.shape[1])).astype(x.dtype)
 
 
 class VisionTransformer(nn.Module):

@@ -146,14 +146,18 @@ def tiny_vlm_config(tiny_config, arch="mobilellm", projector="mlp2x_gelu", visio
     return vlm_config(tiny_config(arch), vision, projector_type=projector)
 
 
-@pytest.fixture
-def tiny_vlm(tiny_config):
+def tiny_vlm_model(tiny_config, seed=0):
     from mlxsmall.vlm import build_vlm_model
 
-    mx.random.seed(0)
+    mx.random.seed(seed)
     model = build_vlm_model(tiny_vlm_config(tiny_config))
     mx.eval(model.parameters())
     return model
+
+
+@pytest.fixture
+def tiny_vlm(tiny_config):
+    return tiny_vlm_model(tiny_config)
 
 
 def test_splicing_places_features_exactly_at_placeholders(tiny_vlm):
@@ -230,6 +234,27 @@ def test_quantize_round_trip_keeps_vision_fp16(tiny_vlm, tiny_config, tiny_token
     ids = mx.array([[1, 2] + [320] * 16 + [3]])
     pixels = mx.random.normal((1, 32, 32, 3)).astype(mx.float16)
     assert mx.array_equal(loaded(ids, pixel_values=pixels), tiny_vlm(ids, pixel_values=pixels)).item()
+
+
+def test_quantized_vision_tower_round_trip(tiny_config, tiny_tokenizer_dir, tmp_path, capsys):
+    from mlxsmall.cli import main
+    from mlxsmall.vlm import load_vlm
+
+    path = save_tiny_vlm(tiny_vlm_model(tiny_config), tiny_vlm_config(tiny_config), tmp_path / "vlm",
+                         tiny_tokenizer_dir)
+    assert main(["vlm", "quantize", str(path), "-o", str(tmp_path / "q8"), "--bits", "8", "--group-size", "32",
+                 "--vision", "quantize"]) == 0
+    config = json.loads((tmp_path / "q8" / "config.json").read_text())
+    assert config["quantization"] == {"group_size": 32, "bits": 8}
+    original, _, _ = load_vlm(path)
+    quantized, _, _ = load_vlm(tmp_path / "q8", dtype=None, dequantize=False)
+    params = dict(tree_flatten(quantized.parameters()))
+    assert "vision_tower.vision_model.encoder.layers.0.mlp.fc1.scales" in params
+    assert "vision_tower.vision_model.embeddings.position_embedding.scales" in params
+    ids = mx.array([[1, 2] + [320] * 16 + [3]])
+    pixels = mx.random.normal((1, 32, 32, 3))
+    a, b = original(ids, pixel_values=pixels), quantized(ids, pixel_values=pixels)
+    assert float(mx.abs(a - b).max() / mx.abs(a).max()) < 0.05  # 8-bit: close, not equal
 
 
 def test_build_from_hf_tower_and_cli_generate(tmp_path, make_tiny_model, capsys):
