@@ -120,7 +120,10 @@ def load(args):
 
 
 def format_stats(step) -> str:
-    return (f"image encode: {step.image_encode_time * 1000:.0f} ms ({step.image_tokens} image tokens) | "
+    encode = f"{step.image_encode_time * 1000:.0f} ms" if step.image_encode_time else "reused"
+    if not step.image_tokens:
+        encode = "no image"
+    return (f"image encode: {encode} ({step.image_tokens} image tokens) | "
             f"TTFT (prefill, after encode): {step.time_to_first_token * 1000:.0f} ms, "
             f"{step.prompt_tokens} prompt tokens | generation: {step.generation_tokens} tokens, "
             f"{step.generation_tps:.1f} tok/s | peak memory: {step.peak_memory:.3f} GB")
