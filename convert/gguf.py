@@ -276,8 +276,8 @@ def convert_gguf(
     model, config, metadata = build_gguf_model(path, dtype=dtype)
     if bits:
         existing = config.get("quantization")
-        if existing and existing.get("bits") == bits and existing.get("group_size") == group_size and len(existing) == 2:
-            pass  # already exactly that
+        if existing and existing.get("bits") == bits and existing.get("group_size") == group_size:
+            pass  # already that (modules GGUF stores with more bits, e.g. a Q8_0 embedding, keep them)
         else:
             if existing:
                 dequantize_model(model)
