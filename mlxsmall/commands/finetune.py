@@ -2,7 +2,6 @@
 
 import argparse
 import contextlib
-import sys
 
 EPILOG = """\
 data (--data): a directory with train.jsonl (and valid.jsonl), one .jsonl file
@@ -124,6 +123,13 @@ def training_progress(enabled=True, label="training"):
     if not enabled:
         yield console
         return
+    if not console.is_terminal:  # logs and pipes: plain lines instead of a live bar
+        unsubscribe = events.subscribe(lambda event: print_line(console, event))
+        try:
+            yield console
+        finally:
+            unsubscribe()
+        return
     progress = Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
         TextColumn("loss {task.fields[loss]}"), TextColumn("val {task.fields[val]}"),
@@ -157,6 +163,21 @@ def training_progress(enabled=True, label="training"):
         unsubscribe()
 
 
+def print_line(console, event):
+    if event.kind != "train":
+        return
+    fields = event.fields
+    phase, step, total = fields.get("phase"), fields.get("step"), fields.get("total_steps") or 1
+    if phase == "step" and (step % max(total // 20, 1) == 0 or step == total):
+        console.print(f"step {step}/{total}  loss {fields['loss']:.4f}  lr {fields['learning_rate']:.2e}  "
+                      f"{fields['tokens_per_second']:.0f} tok/s  peak {fields['peak_memory_gb']:.2f} GB  "
+                      f"eta {fields['eta_seconds']:.0f} s", highlight=False)
+    elif phase in ("eval", "start") and fields.get("val_loss") is not None:
+        console.print(f"step {step}/{total}  validation loss {fields['val_loss']:.4f}", highlight=False)
+    elif phase == "checkpoint":
+        console.print(f"checkpoint: {fields['path']}", highlight=False)
+
+
 def format_loss(value):
     return "n/a (no validation data)" if value is None else f"{value:.4f}"
 
@@ -172,7 +193,7 @@ def run(args):
         max_length=args.max_length, pack=args.pack, mask_prompt=not args.no_mask_prompt,
         dtype=args.dtype, train=train_config(args),
     )
-    with training_progress(enabled=not args.quiet and sys.stderr.isatty(), label=args.method) as console:
+    with training_progress(enabled=not args.quiet, label=args.method) as console:
         result = finetune(str(model_path(args)), args.data, args.output, settings,
                           resume=args.resume, force=args.force)
     import mlx.core as mx

@@ -1,7 +1,6 @@
 """mlxsmall pretrain: train a MobileLLM / MobiLlama model from scratch."""
 
 import argparse
-import sys
 
 from .finetune import add_training_arguments, train_config, training_progress
 
@@ -65,7 +64,7 @@ def run(args):
         max_length=args.max_length, teacher=args.teacher, distill_alpha=args.distill_alpha,
         distill_temperature=args.distill_temperature, train=train_config(args),
     )
-    with training_progress(enabled=not args.quiet and sys.stderr.isatty(), label="pretrain") as console:
+    with training_progress(enabled=not args.quiet, label="pretrain") as console:
         trainer = pretrain(args.corpus, tokenizer, args.output, settings,
                            resume=args.resume, force=args.force)
     if mx.distributed.init().rank() == 0:
