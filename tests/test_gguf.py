@@ -138,3 +138,11 @@ def test_gguf_bad_input(tmp_path, tiny_tokenizer_dir):
     with pytest.raises(MlxsmallError, match="junk.gguf: not a GGUF file"):
         convert_gguf(tmp_path / "junk.gguf", tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_cli_convert_gguf(tmp_path, tiny_tokenizer_dir):
+    from mlxsmall.cli import main
+
+    write_gguf(tmp_path / "tiny.gguf", tiny_tokenizer_dir)
+    assert main(["convert", str(tmp_path / "tiny.gguf"), "-o", str(tmp_path / "out"), "--dtype", "float32"]) == 0
+    assert "quantization" not in json.loads((tmp_path / "out" / "config.json").read_text())

@@ -179,3 +179,12 @@ def test_models_command_lists_aliases_and_cache(cache, fake_hub, capsys):
     assert main(["models", "--cached"]) == 0
     out = capsys.readouterr().out
     assert "mobillama-05b-chat" in out and "-q4" in out and "mobilellm-125m" not in out
+
+
+def test_cli_convert_alias_uses_its_precision_and_template(cache, fake_hub, tmp_path):
+    from mlxsmall.cli import main
+
+    assert main(["convert", "mobillama-q4", "-o", str(tmp_path / "out")]) == 0
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert config["quantization"]["bits"] == 4
+    assert (tmp_path / "out" / "chat_template.jinja").exists()

@@ -70,6 +70,8 @@ def run(args):
             repo = entry.repo if entry else args.source
             if entry and entry.repo.startswith("pip:"):
                 package, filename = entry.repo[len("pip:"):].split("/", 1)
+                if not args.quantize and args.dtype is None:
+                    bits = entry.bits
                 return run_gguf_entry(hub.find_pip_gguf(package, filename), args, bits)
             if not hub.looks_like_repo_id(repo):
                 from ..errors import MlxsmallError
@@ -77,6 +79,9 @@ def run(args):
                 raise MlxsmallError(f"{args.source}: no such directory or file, and not a repo id or alias")
             if entry and chat_template is None and entry.chat_template not in (None, "gguf"):
                 chat_template = entry.chat_template
+            if entry and not args.quantize and args.dtype is None:
+                bits, args.dtype = entry.bits, entry.dtype  # the alias's precision (mobillama-q4: 4-bit)
+                args.group_size = args.group_size or entry.group_size
             source = hub.download(repo, log=_log)
         shared = {"auto": None, "yes": True, "no": False}[args.shared_ffn]
         convert_hf(source, args.output, dtype=args.dtype, bits=bits, group_size=args.group_size or 64,
