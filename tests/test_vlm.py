@@ -277,6 +277,24 @@ def test_build_from_hf_tower_and_cli_generate(tmp_path, make_tiny_model, capsys)
     assert "nope.png: no such image file" in capsys.readouterr().err
 
 
+def test_build_with_siglip_tower_and_quantized_lm(tmp_path, make_tiny_model):
+    from mlxsmall.convert.vlm import build_vlm
+    from mlxsmall.vlm import generate_vlm, load_vlm
+
+    write_hf_vision_dir(tmp_path / "siglip", TINY_SIGLIP)
+    lm = make_tiny_model("mobilellm", bits=4, group_size=32)
+    build_vlm(tmp_path / "siglip", lm, tmp_path / "vlm")
+    config = json.loads((tmp_path / "vlm" / "config.json").read_text())
+    assert config["quantization"]["bits"] == 4 and config["vision_config"]["model_type"] == "siglip_vision_model"
+    model, tokenizer, processor = load_vlm(tmp_path / "vlm", dtype=None, dequantize=False)
+    assert "language_model.model.layers.0.mlp.up_proj.scales" in dict(tree_flatten(model.parameters()))
+    assert not processor.center_crop and model.num_image_tokens == 16  # SigLIP: no class token, squash resize
+    from PIL import Image
+
+    image = Image.new("RGB", (30, 20), (10, 200, 10))
+    assert isinstance(generate_vlm(model, tokenizer, processor, "Hi", [image], max_tokens=2), str)
+
+
 def test_convert_llava_transformers5_layout(tiny_config, tiny_tokenizer_dir, tmp_path):
     """A LLaVA checkpoint as transformers 5 saves it: bare vision tower keys, torch conv layout, classic
     `language_model.model.*` keys, `rope_parameters` in text_config."""
