@@ -1,0 +1,9 @@
+"""Checkpoints in and out of the mlxsmall format (docs/architecture.md).
+
+- `hf`: Hugging Face checkpoint dirs (MobileLLM, MobiLlama, plain llama) -> our format
+- `torch_bin`: torch-free, code-free reader for `pytorch_model.bin` (zip-pickle)
+- `safetensors_io`: validated `*.safetensors` reading (clear errors on truncated files)
+- `gguf`: llama-family GGUF files -> our format (quantization kept)
+- `tokenizer`, `chat_templates`: tokenizer files that load offline, chat templates
+- `export`: our format -> Hugging Face layout
+"""

@@ -32,7 +32,7 @@ class ModelEntry:
     @property
     def cache_name(self) -> str:
         """Directory name of the converted model under the cache."""
-        base = self.repo.split("/", 1)[-1] if not self.repo.startswith("pip:") else self.alias
+        base = self.alias if self.repo.startswith("pip:") else self.repo.replace("/", "--")
         suffix = f"-q{self.bits}g{self.group_size}" if self.bits else (f"-{self.dtype}" if self.dtype else "")
         return f"{base}{suffix}"
 

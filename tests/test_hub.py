@@ -93,7 +93,7 @@ def test_repo_id_resolves_through_registry_or_directly(cache, fake_hub):
     path = hub.resolve_model("MBZUAI/MobiLlama-05B-Chat", log=lambda m: None)
     assert (path / "chat_template.jinja").exists()  # the registry's chat template applies
     other = hub.resolve_model("someone/tiny-mobillama", log=lambda m: None)
-    assert other.name == "tiny-mobillama" and not (other / "chat_template.jinja").exists()
+    assert other.name == "someone--tiny-mobillama" and not (other / "chat_template.jinja").exists()
 
 
 def test_interrupted_conversion_leaves_nothing_that_loads(cache, fake_hub, monkeypatch):
