@@ -158,6 +158,14 @@ def is_vlm_config(config: dict) -> bool:
     return config.get("model_type") == "llava" and "vision_config" in config and "text_config" in config
 
 
+def is_vlm_model(path) -> bool:
+    """True when ``path`` is a local VLM directory (for routing `mlxsmall chat/generate --image`)."""
+    from .loading import read_config
+
+    config_path = Path(path).expanduser() / "config.json"
+    return config_path.is_file() and is_vlm_config(read_config(config_path.parent))
+
+
 def load_vlm(path, *, dtype: Optional[str] = "auto", dequantize: Optional[bool] = None):
     """``(model, tokenizer, image_processor)`` from a VLM directory in our format.
 
