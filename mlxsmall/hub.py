@@ -13,6 +13,7 @@ import hashlib
 import importlib.util
 import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -35,6 +36,23 @@ NO_DEFAULT_HINT = (
 
 def log(message: str) -> None:
     print(f"mlxsmall: {message}", file=sys.stderr, flush=True)
+
+
+@contextmanager
+def conversion_status(log: Callable[[str], None]):
+    """On a terminal, a rich spinner that shows the latest step; elsewhere, plain log lines."""
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    if log is not globals()["log"] or not console.is_terminal:
+        yield log
+        return
+    with console.status("converting") as status:
+        def update(message):
+            console.print(f"mlxsmall: {message}", highlight=False)
+            status.update(message)
+
+        yield update
 
 
 def models_dir() -> Path:
@@ -108,20 +126,21 @@ def ensure_converted(entry: ModelEntry, *, log: Callable[[str], None] = log) -> 
 
         source = find_pip_gguf(package, filename)
         log(f"converting {source.name} into {dst} (once)")
-        return _finish(lambda: convert_gguf(source, dst, dtype=entry.dtype, bits=entry.bits,
-                                            group_size=entry.group_size, log=log), dst)
+        return _finish(lambda update: convert_gguf(source, dst, dtype=entry.dtype, bits=entry.bits,
+                                                   group_size=entry.group_size, log=update), dst, log)
     from .convert.hf import convert_hf
 
     source = download(entry.repo, log=log)
     log(f"converting {entry.repo} into {dst} (once)")
-    return _finish(lambda: convert_hf(source, dst, dtype=entry.dtype, bits=entry.bits,
-                                      group_size=entry.group_size, chat_template=entry.chat_template,
-                                      log=log), dst)
+    return _finish(lambda update: convert_hf(source, dst, dtype=entry.dtype, bits=entry.bits,
+                                             group_size=entry.group_size, chat_template=entry.chat_template,
+                                             log=update), dst, log)
 
 
-def _finish(convert: Callable[[], Path], dst: Path) -> Path:
+def _finish(convert: Callable[[Callable[[str], None]], Path], dst: Path, log: Callable[[str], None]) -> Path:
     try:
-        return convert()
+        with conversion_status(log) as update:
+            return convert(update)
     except MlxsmallError:
         # Another process may have finished the same conversion meanwhile.
         if (dst / "config.json").is_file():
@@ -138,7 +157,7 @@ def convert_gguf_cached(path: Path, *, log: Callable[[str], None] = log) -> Path
     if (dst / "config.json").is_file():
         return dst
     log(f"converting {path.name} into {dst} (once)")
-    return _finish(lambda: convert_gguf(path, dst, log=log), dst)
+    return _finish(lambda update: convert_gguf(path, dst, log=update), dst, log)
 
 
 # --------------------------------------------------------------------------- downloading
