@@ -1,7 +1,7 @@
 """Model variants for side-by-side runs: one model at several precisions.
 
 A variant spec is ``[MODEL][@PRECISION]``; a bare precision applies to the base
-model of the run. Precisions: ``fp32``, ``fp16``, ``bf16``, ``q8``/``q6``/``q5``/
+model of the run; ``stored`` (or no precision) is the model exactly as saved. Precisions: ``fp32``, ``fp16``, ``bf16``, ``q8``/``q6``/``q5``/
 ``q4``/``q3``/``q2`` (optionally ``q4g32`` for group size 32), and mlx-lm's mixed
 recipes ``mixed_2_6``, ``mixed_3_4``, ``mixed_3_6``, ``mixed_4_6``. Quantization
 happens in memory (``mlxsmall.quantize.quantize_model``) from fp16 weights, as
@@ -37,8 +37,10 @@ def is_precision(text: str) -> bool:
 
 
 def parse_variant(spec: str, base: Optional[str]) -> Variant:
-    """``"q4"`` -> base model at 4 bits; ``"dir@fp16"``; ``"dir"`` -> as stored."""
+    """``"q4"`` -> base model at 4 bits; ``"dir@fp16"``; ``"dir"`` or ``"stored"`` -> as stored."""
     model, _, precision = spec.rpartition("@") if "@" in spec else (spec, "", "")
+    if precision == "stored" or (not precision and model == "stored"):
+        model, precision = ("" if model == "stored" else model), ""
     if not precision and is_precision(model):
         model, precision = "", model
     if precision and not is_precision(precision):

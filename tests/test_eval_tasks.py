@@ -101,6 +101,7 @@ def test_variant_specs():
     assert parse_variant("q4", "m") == Variant("m", "q4")
     assert parse_variant("other@fp16", "m") == Variant("other", "fp16")
     assert parse_variant("./dir", "m") == Variant("./dir", None)
+    assert parse_variant("stored", "m") == Variant("m", None) == parse_variant("m@stored", None)
     assert parse_variant("mixed_3_6", "m").label == "m@mixed_3_6"
     with pytest.raises(MlxsmallError, match="unknown precision 'q9'"):
         parse_variant("m@q9", None)

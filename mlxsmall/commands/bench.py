@@ -52,12 +52,12 @@ def run(args):
     from mlxsmall.errors import MlxsmallError
     from mlxsmall.eval.bench import BenchOptions, bench_variants, open_meter, options_dict
     from mlxsmall.eval.report import bench_markdown, plot_bench, write_atomic, write_json
-    from mlxsmall.eval.variants import Variant, parse_variant
+    from mlxsmall.eval.variants import parse_variant
 
     if min(args.prompt_tokens, args.generation_tokens, args.repetitions) < 1 or args.warmup < 0:
         raise MlxsmallError("-p, -n and -r must be at least 1 and --warmup at least 0")
     base = str(model_path(args))
-    variants = [Variant(base, None) if spec == "stored" else parse_variant(spec, base) for spec in args.precisions]
+    variants = [parse_variant(spec, base) for spec in args.precisions]
     options = BenchOptions(prompt_tokens=args.prompt_tokens, generation_tokens=args.generation_tokens,
                            repetitions=args.repetitions, warmup=args.warmup, baseline=args.baseline, seed=args.seed)
     meter = open_meter()

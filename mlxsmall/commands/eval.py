@@ -37,7 +37,7 @@ def register(subparsers):
     parser.add_argument("--tasks", default="commonsense",
                         help="comma-separated tasks or groups (default: commonsense); see the list below")
     parser.add_argument("--compare", nargs="+", metavar="SPEC",
-                        help="evaluate several variants side by side: precisions of MODEL (fp32 fp16 bf16 q8 q6 "
+                        help="evaluate several variants side by side: precisions of MODEL (stored fp32 fp16 bf16 q8 q6 "
                         "q4 q3 q2 q4g32 mixed_3_6 ...) or other models, optionally MODEL@PRECISION")
     parser.add_argument("--limit", type=int, default=None,
                         help="at most N documents per task (perplexity: N windows)")
