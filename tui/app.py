@@ -31,11 +31,13 @@ from mlxsmall.telemetry import (
 
 from . import bench as bench_lib
 from .metrics import DashboardMetrics
-from .widgets import BenchView, ChatLog, MemoryPowerPanel, ModelPanel, SpeedPanel
+from .widgets import BenchView, ChatLog, MemoryPowerPanel, ModelPanel, SpeedPanel, set_content
 from .worker import Cancelled, MLXWorker
 
-MEMORY_EVERY_S = 0.25  # memory snapshots while generating
-REFRESH_EVERY_S = 0.1  # how often the UI folds queued events
+# Redraw rate and memory sampling: often enough to watch tokens arrive, rarely enough that
+# the UI thread takes little CPU from generation (measured by bench/bench_dashboard.py).
+MEMORY_EVERY_S = 0.5
+REFRESH_EVERY_S = 0.25
 
 
 class JobDone(Message):
@@ -169,7 +171,7 @@ class DashboardApp(App):
         self.query_one(SpeedPanel).show(self.metrics)
         self.query_one(MemoryPowerPanel).show(self.metrics)
         if self._reply is not None and self.metrics.started == self._reply_request:
-            self._reply.update(Text(self.metrics.text))
+            set_content(self._reply, Text(self.metrics.text), layout=True)
             self.query_one(ChatLog).scroll_end(animate=False)
 
     def _sample_power(self) -> None:

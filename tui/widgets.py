@@ -46,6 +46,25 @@ def rows(*pairs) -> Text:
     return text
 
 
+def set_content(widget: Static, text: Text, layout: Optional[bool] = None) -> None:
+    """Update a Static only when its text changed, and re-layout only when asked or when its
+    line count changed: every redraw costs UI-thread CPU that generation would otherwise get.
+    (Panels with ``layout=None`` hold short lines that never wrap.)"""
+    shown = getattr(widget, "_shown", None)
+    if shown == text:
+        return
+    if layout is None:
+        layout = shown is None or shown.plain.count("\n") != text.plain.count("\n")
+    widget._shown = text
+    widget.update(text, layout=layout)
+
+
+def set_data(sparkline: Sparkline, data) -> None:
+    data = list(data)
+    if sparkline.data != data:
+        sparkline.data = data
+
+
 class SpeedPanel(Vertical):
     """Generation and prompt speed, TTFT and token counts, with two sparklines."""
 
@@ -64,11 +83,12 @@ class SpeedPanel(Vertical):
 
     def show(self, metrics: DashboardMetrics) -> None:
         status = " (running)" if metrics.generating else ""
-        self.query_one("#speed-rate", Static).update(rows(("generation", rate(metrics.generation_tps) + status)))
-        self.query_one("#spark-request", Sparkline).data = list(metrics.request_tps)
-        self.query_one("#spark-requests", Sparkline).data = metrics.per_request_tps
+        set_content(self.query_one("#speed-rate", Static),
+                    rows(("generation", rate(metrics.generation_tps) + status)))
+        set_data(self.query_one("#spark-request", Sparkline), metrics.request_tps)
+        set_data(self.query_one("#spark-requests", Sparkline), metrics.per_request_tps)
         ttft = DASH if metrics.time_to_first_token is None else f"{metrics.time_to_first_token * 1000:.0f} ms"
-        self.query_one("#speed-rest", Static).update(rows(
+        set_content(self.query_one("#speed-rest", Static), rows(
             ("prompt", rate(metrics.prompt_tps) + (f" ({metrics.prompt_tokens} tok)" if metrics.prompt_tokens else "")),
             ("TTFT", ttft),
             ("tokens", f"{metrics.generation_tokens} (session {metrics.total_tokens})"),
@@ -105,7 +125,7 @@ class MemoryPowerPanel(Static):
             text.append("\n")
             text.append_text(rows(("power", "n/a"), ("J/token", "n/a")))
             text.append("\n" + self.meter.describe(), style="dim")
-        self.update(text)
+        set_content(self, text, layout=True)
 
 
 class ModelPanel(Static):

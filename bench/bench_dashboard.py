@@ -1,0 +1,105 @@
+"""What the dashboard costs: generation tok/s inside the dashboard vs plain `mlxsmall generate`.
+
+Same model, same prompt, greedy, same number of tokens, one process. Rounds alternate
+(generate, dashboard, generate, dashboard, ...) so background load hits both sides alike;
+the median of each side and their ratio are printed (target: dashboard >= 0.95x).
+
+- plain: the real `mlxsmall generate` command, run in-process (`mlxsmall.cli.main`); its
+  tok/s is parsed from the stats line it prints.
+- dashboard: the real DashboardApp, headless at 80x24 (Textual still lays out and renders
+  every refresh, it just writes nowhere), raw-completion mode, the prompt typed into the
+  input; its tok/s is the one the speed panel shows.
+
+    python bench/bench_dashboard.py                       # offline default model
+    python bench/bench_dashboard.py ./my-model --tokens 256 --rounds 5 --json out.json
+"""
+
+import argparse
+import asyncio
+import contextlib
+import io
+import json
+import re
+import statistics
+import sys
+import time
+
+import mlxsmall  # noqa: F401  (loads OpenBLAS before MLX on Linux)
+
+PROMPT = "Once upon a time, in a small village by the sea, there lived an old fisherman who"
+
+
+def plain_generate(model: str, prompt: str, tokens: int) -> dict:
+    from mlxsmall.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(["generate", model, "-p", prompt, "-m", str(tokens)])
+    stats = re.search(r"generation: (\d+) tokens, ([\d.]+) tok/s", err.getvalue())
+    if code != 0 or stats is None:
+        raise SystemExit(f"mlxsmall generate failed ({code}): {err.getvalue().strip()}")
+    return {"tokens": int(stats.group(1)), "tps": float(stats.group(2)), "text": out.getvalue().strip()}
+
+
+def dashboard_generate(model: str, prompt: str, tokens: int) -> dict:
+    from mlxsmall.tui.app import DashboardApp
+
+    async def scenario():
+        app = DashboardApp(model, chat=False, max_tokens=tokens)
+        async with app.run_test(size=(80, 24)) as pilot:
+            while app.session is None or app.busy:
+                await asyncio.sleep(0.25)
+            app.query_one("#prompt").value = prompt
+            await pilot.press("enter")
+            while not app.metrics.requests or app.busy:
+                await asyncio.sleep(0.25)
+            await pilot.pause(0.2)
+            request = app.metrics.requests[-1]
+            text = app.metrics.text
+        return {"tokens": request.generation_tokens, "tps": request.generation_tps, "text": text.strip()}
+
+    return asyncio.run(scenario())
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model", nargs="?", default=None, help="model dir or alias (default: offline default)")
+    parser.add_argument("--tokens", type=int, default=128, help="tokens to generate per run (default 128)")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds (default 3)")
+    parser.add_argument("--prompt", default=PROMPT)
+    parser.add_argument("--json", help="also write the results here")
+    args = parser.parse_args(argv)
+
+    if args.model is None:
+        from mlxsmall.hub import default_model_path
+
+        args.model = str(default_model_path())
+    print(f"model: {args.model}\nprompt: {args.prompt!r}, {args.tokens} tokens, greedy, "
+          f"{args.rounds} alternating rounds after one warm-up each\n", file=sys.stderr)
+
+    plain_generate(args.model, args.prompt, 8)  # warm-ups: imports, first-call costs
+    dashboard_generate(args.model, args.prompt, 8)
+    runs = {"generate": [], "dashboard": []}
+    for round_ in range(args.rounds):
+        for name, run in (("generate", plain_generate), ("dashboard", dashboard_generate)):
+            result = run(args.model, args.prompt, args.tokens)
+            runs[name].append(result)
+            print(f"round {round_ + 1} {name:9s} {result['tokens']:4d} tokens {result['tps']:7.2f} tok/s",
+                  file=sys.stderr)
+
+    if runs["generate"][0]["text"] != runs["dashboard"][0]["text"]:
+        print("warning: the two paths produced different text", file=sys.stderr)
+    median = {name: statistics.median(r["tps"] for r in results) for name, results in runs.items()}
+    ratio = median["dashboard"] / median["generate"]
+    print(f"\nmedian generation tok/s: generate {median['generate']:.2f}, dashboard {median['dashboard']:.2f}"
+          f"  ->  dashboard/generate = {ratio:.3f}x (target >= 0.95x)")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"model": args.model, "tokens": args.tokens, "prompt": args.prompt,
+                       "runs": {k: [{"tokens": r["tokens"], "tps": r["tps"]} for r in v] for k, v in runs.items()},
+                       "median_tps": median, "ratio": ratio, "time": time.time()}, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
