@@ -127,7 +127,8 @@ def _ratio(ours, theirs):
 
 def bench_variants(variants, options: BenchOptions, *, meter=None,
                    on_variant: Optional[Callable[[str], None]] = None,
-                   on_run: Optional[Callable[[str], None]] = None) -> List[dict]:
+                   on_run: Optional[Callable[[str], None]] = None,
+                   on_row: Optional[Callable[[dict], None]] = None) -> List[dict]:
     """One result row per variant (and its baseline), models loaded and freed one at a time."""
     from mlxsmall.loading import weight_bytes
     from mlxsmall.quantize import bits_per_weight
@@ -161,6 +162,8 @@ def bench_variants(variants, options: BenchOptions, *, meter=None,
         if options.baseline == "mlx-lm":
             row["baseline"] = bench_baseline(model, config, tokenizer, row, options, meter, on_variant, on_run)
         rows.append(row)
+        if on_row:
+            on_row(row)
         del model
         gc.collect()
         mx.clear_cache()

@@ -76,7 +76,11 @@ def run(args):
         def on_run(name):
             status.update(f"{state['variant']}: {name} done")
 
-        rows = bench_variants(variants, options, meter=meter, on_variant=on_variant, on_run=on_run)
+        def on_row(row):
+            console.print(f"{row['label']}: TTFT {row['ttft_ms_mean']:.0f} ms, prompt {row['prompt_tps_mean']:.1f} tok/s, "
+                          f"generation {row['generation_tps_mean']:.1f} tok/s, peak {row['peak_memory_gb'] * 1000:.0f} MB")
+
+        rows = bench_variants(variants, options, meter=meter, on_variant=on_variant, on_run=on_run, on_row=on_row)
 
     table = bench_markdown(rows)
     print(table)

@@ -127,6 +127,8 @@ def run_with_progress(variants, tasks, options, *, dense_on_cpu):
 
         def on_task_start(task, total):
             current["bar"] = progress.add_task(f"{current['variant']} {task.name}", total=total)
+            if not console.is_terminal:  # logs get a line per task instead of a live bar
+                console.print(f"{current['variant']}: {task.name} ({total} steps)")
 
         def on_progress(name, advance, total):
             if current["bar"] is not None:
