@@ -196,10 +196,12 @@ def write_gguf_tokenizer(metadata: dict, dst: Path, source) -> None:
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
 
     kind = _value(metadata, "tokenizer.ggml.model")
+    if kind == "llama":
+        return write_gguf_sentencepiece(metadata, dst, source)
     if kind != "gpt2":
         raise MlxsmallError(
-            f"{source}: GGUF tokenizer {kind!r} is not supported (only gpt2-style BPE); "
-            "pass --tokenizer DIR with the model's HF tokenizer files"
+            f"{source}: GGUF tokenizer {kind!r} is not supported (gpt2-style BPE and llama "
+            "SentencePiece are); pass --tokenizer DIR with the model's HF tokenizer files"
         )
     tokens = metadata["tokenizer.ggml.tokens"]
     merges = [tuple(m.split(" ", 1)) for m in metadata.get("tokenizer.ggml.merges", [])]
@@ -243,6 +245,52 @@ def write_gguf_tokenizer(metadata: dict, dst: Path, source) -> None:
         config["chat_template"] = template
         (dst / "chat_template.jinja").write_text(template)
     (dst / "tokenizer_config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False))
+
+
+def write_gguf_sentencepiece(metadata: dict, dst: Path, source) -> None:
+    """LLaMA SentencePiece tokenizer stored in GGUF (pieces, scores, types) -> `tokenizer.model`,
+    then the same conversion as a checkpoint's tokenizer.model (tokenizer.json beside it).
+
+    GGUF keeps the pieces, scores and types of the original model (llama.cpp's token types are
+    SentencePiece's), so the proto is rebuilt with LLaMA's normalizer settings.
+    """
+    from sentencepiece import sentencepiece_model_pb2 as sp_model
+
+    from .tokenizer import convert_sentencepiece, set_chat_template
+
+    tokens = metadata["tokenizer.ggml.tokens"]
+    scores = _value(metadata, "tokenizer.ggml.scores") or [0.0] * len(tokens)
+    types = _value(metadata, "tokenizer.ggml.token_type") or [1] * len(tokens)
+    proto = sp_model.ModelProto()
+    for text, score, kind in zip(tokens, scores, types):
+        piece = proto.pieces.add()
+        piece.piece, piece.score, piece.type = text, float(score), int(kind) if 1 <= int(kind) <= 6 else 1
+    spec = proto.trainer_spec
+    spec.model_type = sp_model.TrainerSpec.BPE
+    spec.vocab_size = len(tokens)
+    spec.byte_fallback = any(int(kind) == 6 for kind in types)
+    for field, key, default in (("unk_id", "unknown", 0), ("bos_id", "bos", 1), ("eos_id", "eos", 2)):
+        value = _value(metadata, f"tokenizer.ggml.{key}_token_id", default)
+        setattr(spec, field, int(value))
+    spec.pad_id = int(_value(metadata, "tokenizer.ggml.padding_token_id", -1))
+    normalizer = proto.normalizer_spec
+    normalizer.name = "identity"
+    normalizer.add_dummy_prefix = bool(_value(metadata, "tokenizer.ggml.add_space_prefix", True))
+    normalizer.remove_extra_whitespaces = False
+    normalizer.escape_whitespaces = True
+    with tempfile.TemporaryDirectory() as work:
+        work = Path(work)
+        (work / "tokenizer.model").write_bytes(proto.SerializeToString())
+        (work / "tokenizer_config.json").write_text(json.dumps({
+            "add_bos_token": bool(_value(metadata, "tokenizer.ggml.add_bos_token", True)),
+            "add_eos_token": bool(_value(metadata, "tokenizer.ggml.add_eos_token", False)),
+            "model_max_length": int(_value(metadata, "llama.context_length", 2048)),
+        }))
+        dst.mkdir(parents=True, exist_ok=True)
+        convert_sentencepiece(work, dst)
+    template = _value(metadata, "tokenizer.chat_template")
+    if template:
+        set_chat_template(dst, template)
 
 
 def convert_gguf(

@@ -247,3 +247,42 @@ def reference_logits(tensors: dict, config: dict, tokens) -> np.ndarray:
     if config.get("share_embedding") or config.get("tie_word_embeddings") or "lm_head.weight" not in tensors:
         return x @ tensors["model.embed_tokens.weight"].T
     return x @ tensors["lm_head.weight"].T
+
+
+# ------------------------------------------------------------------ llama.cpp-layout reference
+
+def _interleaved_rope(x, theta):
+    # llama.cpp's convention for GGUF's (permuted) Q/K rows: rotate pairs (2i, 2i+1). x: (heads, T, d)
+    d = x.shape[-1]
+    angles = np.arange(x.shape[1])[:, None] * (1.0 / theta ** (np.arange(0, d, 2) / d))[None]
+    cos, sin = np.cos(angles), np.sin(angles)
+    out = np.empty_like(x)
+    out[..., 0::2] = x[..., 0::2] * cos - x[..., 1::2] * sin
+    out[..., 1::2] = x[..., 0::2] * sin + x[..., 1::2] * cos
+    return out
+
+
+def gguf_reference_logits(weight, *, layers, heads, kv_heads, theta, eps, tokens):
+    """A plain numpy forward over dequantized GGUF tensors in llama.cpp's layout (no un-permute).
+
+    `weight(name)` returns the dequantized float tensor of a GGUF tensor name ("blk.0.attn_q").
+    """
+    embedding = weight("token_embd")
+    x = embedding[np.asarray(tokens)]
+    T, head_dim = len(tokens), embedding.shape[1] // heads
+    mask = np.triu(np.full((T, T), -np.inf), 1)
+    for i in range(layers):
+        w = lambda name: weight(f"blk.{i}.{name}")  # noqa: E731
+        h = _rms_norm(x, w("attn_norm"), eps)
+        q = _interleaved_rope((h @ w("attn_q").T).reshape(T, heads, head_dim).transpose(1, 0, 2), theta)
+        k = _interleaved_rope((h @ w("attn_k").T).reshape(T, kv_heads, head_dim).transpose(1, 0, 2), theta)
+        v = (h @ w("attn_v").T).reshape(T, kv_heads, head_dim).transpose(1, 0, 2)
+        k, v = np.repeat(k, heads // kv_heads, 0), np.repeat(v, heads // kv_heads, 0)
+        scores = q @ k.transpose(0, 2, 1) / np.sqrt(head_dim) + mask
+        scores = np.exp(scores - scores.max(-1, keepdims=True))
+        attention = (scores / scores.sum(-1, keepdims=True)) @ v
+        x = x + attention.transpose(1, 0, 2).reshape(T, -1) @ w("attn_output").T
+        h = _rms_norm(x, w("ffn_norm"), eps)
+        gate = h @ w("ffn_gate").T
+        x = x + (gate / (1 + np.exp(-gate)) * (h @ w("ffn_up").T)) @ w("ffn_down").T
+    return _rms_norm(x, weight("output_norm"), eps) @ embedding.T

@@ -4,12 +4,16 @@ session through the GGUF path into a temporary cache."""
 
 import json
 import os
+import sys
+from pathlib import Path
 
 import mlxsmall  # noqa: F401
 import mlx.core as mx
 import numpy as np
 import pytest
 
+sys.path.insert(0, str(Path(__file__).parent))  # tests/ helper modules (pytest runs in importlib mode)
+from fixtures_convert import gguf_reference_logits
 from mlxsmall import hub
 from mlxsmall.errors import MlxsmallError
 from mlxsmall.generation import generate, stream_generate
@@ -93,53 +97,21 @@ def _dequantized(weights, name):
     return np.array(value.astype(mx.float32))
 
 
-def _rms_norm(x, weight, eps):
-    return x / np.sqrt(np.mean(x * x, -1, keepdims=True) + eps) * weight
-
-
-def _interleaved_rope(x, theta):
-    # llama.cpp's convention for the (permuted) GGUF rows: rotate pairs (2i, 2i+1).
-    d = x.shape[-1]
-    angles = np.arange(x.shape[1])[:, None] * (1.0 / theta ** (np.arange(0, d, 2) / d))[None]
-    cos, sin = np.cos(angles), np.sin(angles)
-    out = np.empty_like(x)
-    out[..., 0::2] = x[..., 0::2] * cos - x[..., 1::2] * sin
-    out[..., 1::2] = x[..., 0::2] * sin + x[..., 1::2] * cos
-    return out
-
-
-def gguf_reference_logits(path, tokens):
+def gguf_reference(path, tokens):
     """A plain numpy forward over the dequantized GGUF tensors, in llama.cpp's layout."""
     weights, meta = mx.load(str(path), return_metadata=True)
     value = lambda key: meta[key].item()  # noqa: E731
-    layers, heads = value("llama.block_count"), value("llama.attention.head_count")
-    kv_heads, theta = value("llama.attention.head_count_kv"), value("llama.rope.freq_base")
-    eps = value("llama.attention.layer_norm_rms_epsilon")
-    embedding = _dequantized(weights, "token_embd")
-    x = embedding[tokens]
-    T, head_dim = len(tokens), embedding.shape[1] // heads
-    mask = np.triu(np.full((T, T), -np.inf), 1)
-    for i in range(layers):
-        w = lambda name: _dequantized(weights, f"blk.{i}.{name}")  # noqa: E731
-        h = _rms_norm(x, w("attn_norm"), eps)
-        q = _interleaved_rope((h @ w("attn_q").T).reshape(T, heads, head_dim).transpose(1, 0, 2), theta)
-        k = _interleaved_rope((h @ w("attn_k").T).reshape(T, kv_heads, head_dim).transpose(1, 0, 2), theta)
-        v = (h @ w("attn_v").T).reshape(T, kv_heads, head_dim).transpose(1, 0, 2)
-        k, v = np.repeat(k, heads // kv_heads, 0), np.repeat(v, heads // kv_heads, 0)
-        scores = q @ k.transpose(0, 2, 1) / np.sqrt(head_dim) + mask
-        scores = np.exp(scores - scores.max(-1, keepdims=True))
-        attention = (scores / scores.sum(-1, keepdims=True)) @ v
-        x = x + attention.transpose(1, 0, 2).reshape(T, -1) @ w("attn_output").T
-        h = _rms_norm(x, w("ffn_norm"), eps)
-        gate = h @ w("ffn_gate").T
-        x = x + (gate / (1 + np.exp(-gate)) * (h @ w("ffn_up").T)) @ w("ffn_down").T
-    return _rms_norm(x, _dequantized(weights, "output_norm"), eps) @ embedding.T
+    return gguf_reference_logits(
+        lambda name: _dequantized(weights, name), layers=value("llama.block_count"),
+        heads=value("llama.attention.head_count"), kv_heads=value("llama.attention.head_count_kv"),
+        theta=value("llama.rope.freq_base"), eps=value("llama.attention.layer_norm_rms_epsilon"),
+        tokens=tokens)
 
 
 def test_logits_match_numpy_forward_over_gguf_tensors(default_model):
     model, tokenizer, _ = default_model
     tokens = tokenizer.encode("<|im_start|>user\nName a colour.<|im_end|>\n")
-    expected = gguf_reference_logits(gguf_path(), tokens)
+    expected = gguf_reference(gguf_path(), tokens)
     ours = np.array(model(mx.array([tokens]))[0].astype(mx.float32))
     scale = np.abs(expected).max()
     assert np.abs(ours - expected).max() < 2e-5 * scale
