@@ -84,7 +84,7 @@ def export_hf(model_path, dst, *, dtype: Optional[str] = None, overwrite: bool =
                      "weight_map": dict(sorted(weight_map.items()))}
             (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
         (tmp / "config.json").write_text(json.dumps(out_config, indent=2, sort_keys=True))
-        for name in COPIED_FILES + ("generation_config.json",):
+        for name in COPIED_FILES:
             if (model_path / name).exists():
                 shutil.copy2(model_path / name, tmp / name)
         if dst.exists():

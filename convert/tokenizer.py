@@ -20,7 +20,7 @@ from mlxsmall.errors import MlxsmallError
 
 COPIED_FILES = (
     "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
-    "added_tokens.json", "chat_template.jinja", "chat_template.json",
+    "added_tokens.json", "chat_template.jinja", "chat_template.json", "generation_config.json",
 )
 CHECK_TEXT = "Hello world! The capital of France is Paris. 1234 ünïcödé\n  code:\tx = 42"
 
