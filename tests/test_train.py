@@ -182,3 +182,35 @@ def test_pretrain_tiny_with_distillation(tiny_tokenizer_dir, make_tiny_model, tm
     assert trainer.last_val_loss < trainer.initial_val_loss
     model, config = load_model(trainer.model_dir)
     assert config["layer_sharing"] is True and config["vocab_size"] == 320
+
+
+def test_llama_sentencepiece_tokenizer_for_pretraining(tmp_path):
+    import sentencepiece
+    from conftest import TRAINING_TEXT
+
+    from mlxsmall.train.pretrain import load_text_tokenizer, model_config
+
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(TRAINING_TEXT * 20), model_prefix=str(tmp_path / "tokenizer"),
+        vocab_size=100, bos_id=1, eos_id=2, unk_id=0, pad_id=-1, minloglevel=2)
+    tokenizer = load_text_tokenizer(str(tmp_path))
+    assert tokenizer.vocab_size == 100 and tokenizer.eos_token_id == 2
+    assert tokenizer.encode("hello world")[0] == 1
+    config = model_config("mobilellm", "125m", 32000)
+    assert (config["num_hidden_layers"], config["hidden_size"], config["num_key_value_heads"]) == (30, 576, 3)
+    with pytest.raises(MlxsmallError, match="unknown --config"):
+        model_config("mobillama", "125m", 32000)
+
+
+def test_cli_finetune_then_fuse(make_tiny_model, data_dir, tmp_path, capsys):
+    from mlxsmall.cli import main
+
+    base = make_tiny_model("llama")
+    out = tmp_path / "adapters"
+    assert main(["finetune", str(base), "--data", str(data_dir), "-o", str(out), "--steps", "2",
+                 "--batch-size", "2", "--max-length", "32", "--quiet"]) == 0
+    assert "validation loss" in capsys.readouterr().err
+    assert main(["finetune", str(base), "--data", str(data_dir), "-o", str(out), "--steps", "2"]) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert main(["fuse", "--adapters", str(out), "-o", str(tmp_path / "fused")]) == 0
+    assert (tmp_path / "fused" / "config.json").exists()

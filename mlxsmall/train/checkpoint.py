@@ -84,3 +84,22 @@ def load_checkpoint(path: Path):
     except (OSError, ValueError) as error:
         raise MlxsmallError(f"{path}: unreadable checkpoint ({error})") from None
     return trainable, tree_unflatten(list(optimizer_flat.items())), state
+
+
+def prepare_run_directory(output_dir: Path, *, resume: bool, force: bool, rank: int = 0) -> Optional[Path]:
+    """The checkpoint to resume from (or None), after refusing to mix two runs.
+
+    A fresh run in a directory holding another run's checkpoints needs
+    ``force`` (which deletes them); a fresh run always starts a new log.
+    """
+    output_dir = Path(output_dir)
+    root = output_dir / "checkpoints"
+    if resume:
+        return latest_checkpoint(root)
+    if checkpoint_dirs(root) and not force:
+        raise MlxsmallError(f"{output_dir}: holds checkpoints of an earlier run; pass --resume "
+                            "to continue it or --force to start over")
+    if rank == 0:
+        shutil.rmtree(root, ignore_errors=True)
+        (output_dir / "train_log.jsonl").unlink(missing_ok=True)
+    return None

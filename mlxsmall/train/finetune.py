@@ -7,7 +7,6 @@ model directory ``model/`` (full), next to ``train_log.jsonl`` and
 ``checkpoints/``.
 """
 
-import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
@@ -89,15 +88,8 @@ def finetune(model: str, data: str, output_dir, settings: FinetuneSettings, *,
     model_dir = resolve_model_path(model)
     output_dir = Path(output_dir)
     group = mx.distributed.init()
-    checkpoints = output_dir / "checkpoints"
-    resume_from = ckpt.latest_checkpoint(checkpoints) if resume else None
-    if not resume and ckpt.checkpoint_dirs(checkpoints):
-        if not force:
-            raise MlxsmallError(f"{output_dir}: holds checkpoints of an earlier run; pass --resume "
-                                "to continue it or --force to start over")
-        if group.rank() == 0:
-            shutil.rmtree(checkpoints, ignore_errors=True)
-            (output_dir / "train_log.jsonl").unlink(missing_ok=True)
+    resume_from = ckpt.prepare_run_directory(output_dir, resume=resume, force=force,
+                                             rank=group.rank())
 
     mx.random.seed(settings.train.seed)  # adapter initialisation
     net, config, adapter_config = prepare_model(model_dir, settings)

@@ -2,7 +2,6 @@
 packed text, and optional knowledge distillation from a teacher (logit KL)."""
 
 import copy
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
@@ -90,6 +89,8 @@ def load_text_tokenizer(spec: str) -> TextTokenizer:
     directory = Path(spec)
     if not directory.is_dir():
         raise MlxsmallError(f"{spec}: not a tokenizer directory (or use tiktoken:NAME)")
+    if (directory / "tokenizer.model").exists() and not (directory / "tokenizer.json").exists():
+        return sentencepiece_tokenizer(directory)
     from mlx_lm.tokenizer_utils import load as load_tokenizer
 
     try:
@@ -99,6 +100,25 @@ def load_text_tokenizer(spec: str) -> TextTokenizer:
     vocab = len(tokenizer._tokenizer)
     return TextTokenizer(tokenizer.encode, tokenizer.eos_token_id, vocab, source_dir=directory,
                          name=str(directory))
+
+
+def sentencepiece_tokenizer(directory: Path) -> TextTokenizer:
+    """A bare LLaMA SentencePiece ``tokenizer.model`` (MobileLLM/MobiLlama's: bos 1, eos 2)."""
+    import sentencepiece
+
+    try:
+        processor = sentencepiece.SentencePieceProcessor(model_file=str(directory / "tokenizer.model"))
+    except (OSError, RuntimeError) as error:
+        raise MlxsmallError(f"{directory / 'tokenizer.model'}: not a SentencePiece model ({error})") from None
+    bos = processor.bos_id()
+
+    def encode(text):
+        ids = processor.encode(text)
+        return [bos] + ids if bos >= 0 else ids
+
+    eos = processor.eos_id()
+    return TextTokenizer(encode, eos if eos >= 0 else None, processor.get_piece_size(),
+                         source_dir=directory, name=str(directory))
 
 
 def round_vocab(size: int, multiple: int = 64) -> int:
@@ -139,14 +159,8 @@ def pretrain(corpus: Sequence[str], tokenizer_spec: str, output_dir, settings: P
     """Train a new model on ``corpus``; writes ``output_dir/model`` and returns the Trainer."""
     output_dir = Path(output_dir)
     group = mx.distributed.init()
-    checkpoints = output_dir / "checkpoints"
-    if not resume and ckpt.checkpoint_dirs(checkpoints):
-        if not force:
-            raise MlxsmallError(f"{output_dir}: holds checkpoints of an earlier run; pass --resume "
-                                "to continue it or --force to start over")
-        if group.rank() == 0:
-            shutil.rmtree(checkpoints, ignore_errors=True)
-            (output_dir / "train_log.jsonl").unlink(missing_ok=True)
+    resume_from = ckpt.prepare_run_directory(output_dir, resume=resume, force=force,
+                                             rank=group.rank())
     tokenizer = load_text_tokenizer(tokenizer_spec)
     config = model_config(settings.arch, settings.size, round_vocab(tokenizer.vocab_size),
                           layer_sharing=settings.layer_sharing, **settings.overrides)
@@ -188,7 +202,7 @@ def pretrain(corpus: Sequence[str], tokenizer_spec: str, output_dir, settings: P
     settings.train.extra = {"arch": settings.arch, "size": settings.size, "tokenizer": tokenizer.name}
     trainer = Trainer(model, train_stream, settings.train, valid_stream=valid_stream,
                       output_dir=output_dir, group=group, loss_fn=loss_fn)
-    trainer.train(resume_from=ckpt.latest_checkpoint(checkpoints) if resume else None)
+    trainer.train(resume_from=resume_from)
     if group.rank() == 0:
         if tokenizer.source_dir is None:
             config["tokenizer"] = tokenizer.name  # tiktoken: no HF tokenizer files to copy

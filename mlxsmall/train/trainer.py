@@ -29,7 +29,7 @@ from mlx.utils import tree_flatten, tree_map
 from .. import events
 from ..errors import MlxsmallError
 from . import checkpoint as ckpt
-from .data import Batch, BatchStream
+from .data import BatchStream
 
 
 @dataclass
