@@ -41,7 +41,13 @@ class MultiModalProjector(nn.Module):
     def num_tokens(self, num_patches: int) -> int:
         return num_patches // (self.pool_stride ** 2)
 
-    def __call__(self, features):
-        if self.pool_stride > 1:
-            features = pool_patch_grid(features, self.pool_stride)
+    def pool(self, features):
+        """The parameter-free token reduction (identity for the plain MLP)."""
+        return pool_patch_grid(features, self.pool_stride) if self.pool_stride > 1 else features
+
+    def project(self, features):
+        """The MLP alone, row by row (training applies it to pooled features looked up per token)."""
         return self.linear_2(self.act(self.linear_1(features)))
+
+    def __call__(self, features):
+        return self.project(self.pool(features))

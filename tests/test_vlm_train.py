@@ -77,9 +77,17 @@ def test_cli_train_writes_a_loadable_model(tmp_path, tiny_config, tiny_tokenizer
 
     model, config, _, _ = setup(tmp_path, tiny_config, tiny_tokenizer_dir)
     save_vlm(tmp_path / "vlm", model, config, tokenizer_src_dir=tmp_path / "tokenizer")
-    assert main(["vlm", "train", str(tmp_path / "vlm"), "--data", str(tmp_path / "data.jsonl"), "--steps", "2",
-                 "--stage", "finetune", "-o", str(tmp_path / "out")]) == 0
+    train = ["vlm", "train", str(tmp_path / "vlm"), "--data", str(tmp_path / "data.jsonl"), "--stage", "finetune",
+             "--batch-size", "4", "-o", str(tmp_path / "out")]
+    assert main(train + ["--steps", "2"]) == 0
     assert "loss" in capsys.readouterr().err
+    log = [json.loads(l) for l in (tmp_path / "out.run" / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log if r["phase"] == "step"] == [1, 2]
+    assert main(train + ["--steps", "3"]) == 2  # a second run must not silently overwrite the first
+    assert "already exists" in capsys.readouterr().err
+    assert main(train + ["--steps", "3", "--resume"]) == 0  # the shared trainer's exact resume
+    log = [json.loads(l) for l in (tmp_path / "out.run" / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log if r["phase"] == "step"] == [1, 2, 3]
     trained, _, _ = load_vlm(tmp_path / "out")
     assert trained.num_image_tokens == 16
     assert main(["vlm", "train", str(tmp_path / "vlm"), "--data", str(tmp_path / "missing.json"),

@@ -3,6 +3,7 @@
 import argparse
 import sys
 
+from ..errors import MlxsmallError
 from ._common import Formatter, add_sampling_arguments, sampling_kwargs
 
 EPILOG = """\
@@ -78,8 +79,13 @@ def register(subparsers):
     train.add_argument("--batch-size", type=int, default=8)
     train.add_argument("--learning-rate", "--lr", type=float, default=1e-3)
     train.add_argument("--lora-rank", type=int, default=None, help="stage 2: LoRA rank instead of full finetuning")
+    train.add_argument("--grad-accumulation", type=int, default=1, help="micro-batches per optimizer step")
+    train.add_argument("--max-length", type=int, default=2048, help="tokens per example (image tokens included)")
     train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--force", action="store_true")
+    train.add_argument("--run-dir", help="training log and checkpoints (default: OUTPUT.run)")
+    train.add_argument("--save-every", type=int, default=0, help="checkpoint every N steps (0: at the end)")
+    train.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --run-dir")
+    train.add_argument("--force", action="store_true", help="overwrite OUTPUT and start --run-dir over")
     train.set_defaults(func=run_train)
 
     quant = sub.add_parser("quantize", help="quantize the LM and projector; vision tower fp16 or quantized",
@@ -218,12 +224,18 @@ def run_train(args):
     from ..train.vlm_train import TrainConfig, read_samples, train_vlm
     from ..vlm import load_vlm, save_vlm
 
+    from pathlib import Path
+
+    if Path(args.output).exists() and not (args.force or args.resume):
+        raise MlxsmallError(f"{args.output}: already exists (pass --force to replace it)")
     samples = read_samples(args.data)
     model, tokenizer, processor = load_vlm(args.model)
     config = read_config(args.model)
     train_config = TrainConfig(stage=args.stage, steps=args.steps, batch_size=args.batch_size,
+                               grad_accumulation=args.grad_accumulation, max_length=args.max_length,
                                learning_rate=args.learning_rate, lora_rank=args.lora_rank, seed=args.seed,
-                               log_every=max(1, args.steps // 100))
+                               log_every=max(1, args.steps // 100), save_every=args.save_every)
+    run_dir = args.run_dir or f"{args.output.rstrip('/')}.run"
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                TextColumn("{task.fields[status]}"), TimeRemainingColumn())
     with Progress(*columns, transient=False, console=Console(stderr=True)) as bar:
@@ -233,10 +245,13 @@ def run_train(args):
             bar.update(task, completed=record["step"], status=f"loss {record['loss']:.4f}  "
                        f"lr {record['learning_rate']:.2e}  {record['tokens_per_second']:.0f} tok/s")
 
-        train_vlm(model, tokenizer, processor, samples, train_config, on_step=show)
+        train_vlm(model, tokenizer, processor, samples, train_config, on_step=show, output_dir=run_dir,
+                  resume=args.resume, force=args.force)
     config.pop("quantization", None)  # loaded dequantized as fp32 on CPU; saved dense
     config.pop("quantization_config", None)
-    print(f"wrote {save_vlm(args.output, model, config, tokenizer_src_dir=args.model, overwrite=args.force)}")
+    overwrite = args.force or args.resume
+    print(f"wrote {save_vlm(args.output, model, config, tokenizer_src_dir=args.model, overwrite=overwrite)} "
+          f"(log and checkpoints: {run_dir})")
     return 0
 
 

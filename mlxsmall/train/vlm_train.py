@@ -1,27 +1,25 @@
-"""Training a small VLM, LLaVA's two stages.
+"""Training a small VLM, LLaVA's two stages, on the shared training loop (`mlxsmall.train.trainer`).
 
 - Stage 1 ("projector"): only the projector learns, on image-caption pairs (`{"image", "caption"}`).
 - Stage 2 ("finetune"): projector + language model (full, or LoRA adapters fused at the end) on LLaVA
   conversation JSON (`{"image", "conversations": [{"from": "human", "value": "<image>\\n..."},
   {"from": "gpt", "value": "..."}, ...]}`). Loss only on the assistant's tokens.
 
-The vision tower is frozen in both stages, so each image is encoded once up front and its features reused
-every epoch (the dominant cost on a CPU). Progress goes to the metrics feed as "train" events.
+The vision tower is frozen in both stages, so each image is encoded (and pooled) once up front into a
+frozen feature table. Each image gets its own block of token ids past the vocabulary, one id per image
+token; the model the trainer sees (`FeatureTableVLM`) embeds those ids as projected table rows. The
+batches are then plain token batches, so the shared Trainer's compiled step, gradient accumulation,
+checkpoints / exact resume and data parallelism all apply unchanged.
 """
 
 import json
-import math
-import random
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence
 
 import mlx.core as mx
 import mlx.nn as nn
-import mlx.optimizers as optim
-import numpy as np
-from mlx.utils import tree_flatten, tree_unflatten
+from mlx.utils import tree_unflatten
 
 from .. import events
 from ..errors import MlxsmallError
@@ -36,13 +34,16 @@ class TrainConfig:
     stage: str = "projector"
     steps: int = 200
     batch_size: int = 8
+    grad_accumulation: int = 1
     learning_rate: float = 1e-3
     weight_decay: float = 0.0
     warmup: int = 10
+    max_length: int = 2048
     lora_rank: Optional[int] = None  # stage 2: LoRA adapters instead of full finetuning
     lora_scale: float = 20.0
     seed: int = 0
     log_every: int = 10
+    save_every: int = 0  # checkpoints (with output_dir): 0 = only at the end
 
 
 def read_samples(path) -> List[dict]:
@@ -129,20 +130,68 @@ def image_key(sample: dict):
     return image if isinstance(image, str) else id(image)
 
 
-def prepare_trainable(model, config: TrainConfig):
+class FeatureTableVLM(nn.Module):
+    """The VLM as the shared trainer sees it: a token model. Ids from ``first_image_id`` on index rows of a
+    frozen table of (pooled) vision features, which go through the trainable projector; the rest are text."""
+
+    def __init__(self, vlm, table: mx.array, first_image_id: int):
+        super().__init__()
+        self.vlm = vlm
+        self.image_table = table
+        self.first_image_id = first_image_id
+
+    def __call__(self, inputs, cache=None):
+        is_image = inputs >= self.first_image_id
+        text = self.vlm.language_model.model.embed_tokens(mx.where(is_image, 0, inputs))
+        rows = self.image_table[mx.where(is_image, inputs - self.first_image_id, 0)]
+        image = self.vlm.multi_modal_projector.project(rows).astype(text.dtype)
+        embeddings = mx.where(is_image[..., None], image, text)
+        return self.vlm.language_model(inputs, cache=cache, input_embeddings=embeddings)
+
+    @property
+    def layers(self):
+        return self.vlm.language_model.layers
+
+    @property
+    def args(self):
+        return self.vlm.language_model.args
+
+
+def build_examples(tokenizer, samples: Sequence[dict], model, image_rows: dict, first_image_id: int):
+    """``(tokens, prompt_length)`` examples for the shared trainer: one per assistant turn (the
+    conversation before it is the unscored prompt); image placeholders become table ids."""
+    marker, n = model.args.image_token_index, model.num_image_tokens
+    examples = []
+    for sample in samples:
+        ids, mask = tokenize_sample(tokenizer, sample, marker, n)
+        if "image" in sample:
+            base = first_image_id + image_rows[image_key(sample)] * n
+            positions = [i for i, t in enumerate(ids) if t == marker]
+            for j, position in enumerate(positions):
+                ids[position] = base + j % n
+        elif marker in ids:
+            raise MlxsmallError(f"a sample without an image has an {IMAGE_PLACEHOLDER} placeholder")
+        for end in range(1, len(ids) + 1):  # every end of a run of scored tokens closes one example
+            if mask[end - 1] and (end == len(ids) or not mask[end]):
+                start = end - 1
+                while start > 0 and mask[start - 1]:
+                    start -= 1
+                if start > 0:
+                    examples.append((ids[:end], start))
+    return examples
+
+
+def prepare_trainable(vlm, config: TrainConfig):
     """Freeze what the stage keeps fixed; add LoRA adapters when asked."""
-    model.freeze()
-    if config.stage == "projector":
-        model.multi_modal_projector.unfreeze()
-    elif config.lora_rank:
+    vlm.freeze()
+    if config.stage == "finetune" and config.lora_rank:
         from mlx_lm.tuner.utils import linear_to_lora_layers
 
-        linear_to_lora_layers(model.language_model, len(model.language_model.layers),
+        linear_to_lora_layers(vlm.language_model, len(vlm.language_model.layers),
                               {"rank": config.lora_rank, "scale": config.lora_scale, "dropout": 0.0})
-        model.multi_modal_projector.unfreeze()
-    else:
-        model.language_model.unfreeze()
-        model.multi_modal_projector.unfreeze()
+    elif config.stage == "finetune":
+        vlm.language_model.unfreeze()
+    vlm.multi_modal_projector.unfreeze()
 
 
 def fuse_lora(model):
@@ -151,81 +200,62 @@ def fuse_lora(model):
         model.update_modules(tree_unflatten(fused))
 
 
-def vlm_loss(model, ids, targets, loss_mask, image_features):
-    """Mean cross-entropy over the assistant tokens; image features are projected here (trainable)."""
-    projected = model.multi_modal_projector(image_features) if image_features is not None else None
-    embeddings = model.embed_inputs(ids, image_features=projected)
-    logits = model.language_model(ids, input_embeddings=embeddings)
-    losses = nn.losses.cross_entropy(logits.astype(mx.float32), targets) * loss_mask
-    count = loss_mask.sum()
-    return losses.sum() / mx.maximum(count, 1), count
-
-
-def make_batch(rows, features, pad_id: int):
-    length = max(len(ids) for ids, _, _ in rows)
-    ids = np.full((len(rows), length), pad_id, dtype=np.int32)
-    mask = np.zeros((len(rows), length), dtype=np.float32)
-    for i, (row_ids, row_mask, _) in enumerate(rows):
-        ids[i, :len(row_ids)] = row_ids
-        mask[i, :len(row_mask)] = row_mask
-    keys = [key for _, _, key in rows if key is not None]
-    image_features = mx.stack([features[k] for k in keys]) if keys else None
-    inputs = mx.array(ids[:, :-1])
-    return inputs, mx.array(ids[:, 1:]), mx.array(mask[:, 1:]), image_features
-
-
-def train_vlm(model, tokenizer, processor, samples: Sequence[dict], config: TrainConfig,
+def train_vlm(model, tokenizer, processor, samples: Sequence[dict], config: TrainConfig, *,
+              output_dir=None, resume: bool = False, force: bool = False,
               on_step: Optional[Callable[[dict], None]] = None) -> List[dict]:
-    """Train ``model`` in place on ``samples``; returns the logged metrics."""
+    """Train ``model`` in place on ``samples``; returns the step records (also on the metrics feed).
+
+    ``output_dir`` keeps the shared trainer's ``train_log.jsonl`` and ``checkpoints/``; ``resume``
+    continues from its latest checkpoint (same data, same settings)."""
+    from . import checkpoint as ckpt
+    from .data import BatchStream
+    from .trainer import TrainConfig as LoopConfig
+    from .trainer import Trainer
+
     if config.stage not in STAGES:
         raise MlxsmallError(f"unknown stage {config.stage!r}; choose one of {', '.join(STAGES)}")
     if not samples:
         raise MlxsmallError("no training samples")
-    rng = random.Random(config.seed)
+    resume_from = ckpt.prepare_run_directory(Path(output_dir), resume=resume, force=force) if output_dir else None
     mx.random.seed(config.seed)
-    image_token, n_tokens = model.args.image_token_index, model.num_image_tokens
-    rows = []
-    for sample in samples:
-        ids, mask = tokenize_sample(tokenizer, sample, image_token, n_tokens)
-        rows.append((ids, mask, image_key(sample) if "image" in sample else None))
     sources = {image_key(s): s["image"] for s in samples if "image" in s}
-    start = time.perf_counter()
     features = encode_images(model, processor, sources)
-    encode_seconds = time.perf_counter() - start
-
-    prepare_trainable(model, config)
-    schedule = optim.join_schedules(
-        [optim.linear_schedule(1e-7, config.learning_rate, max(config.warmup, 1)),
-         optim.cosine_decay(config.learning_rate, max(config.steps - config.warmup, 1), config.learning_rate * 0.05)],
-        [max(config.warmup, 1)])
-    optimizer = optim.AdamW(learning_rate=schedule, weight_decay=config.weight_decay)
-    loss_and_grad = nn.value_and_grad(model, vlm_loss)
+    image_rows = {key: row for row, key in enumerate(features)}
+    if features:
+        table = model.multi_modal_projector.pool(mx.stack(list(features.values())))
+        table = table.reshape(-1, table.shape[-1])
+    else:
+        table = mx.zeros((1, model.vision_config.hidden_size))
+    first_image_id = max(model.args.text_config["vocab_size"], model.args.image_token_index + 1)
+    examples = build_examples(tokenizer, samples, model, image_rows, first_image_id)
+    if not examples:
+        raise MlxsmallError("no sample has an assistant answer to learn")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    trainable = sum(v.size for _, v in tree_flatten(model.trainable_parameters()))
-    events.publish("train", phase="start", stage=config.stage, steps=config.steps, trainable_parameters=trainable,
-                   image_encode_seconds=encode_seconds)
-    history, order, tic, tokens_seen = [], [], time.perf_counter(), 0
-    for step in range(1, config.steps + 1):
-        if len(order) < config.batch_size:
-            order.extend(rng.sample(range(len(rows)), len(rows)))
-        batch = [rows[i] for i in order[:config.batch_size]]
-        del order[:config.batch_size]
-        inputs, targets, mask, image_features = make_batch(batch, features, pad_id)
-        (loss, count), grads = loss_and_grad(model, inputs, targets, mask, image_features)
-        optimizer.update(model, grads)
-        mx.eval(model.trainable_parameters(), optimizer.state, loss)
-        tokens_seen += int(count.item())
-        if step % config.log_every == 0 or step == config.steps:
-            elapsed = time.perf_counter() - tic
-            record = {"step": step, "loss": loss.item(), "learning_rate": float(optimizer.learning_rate.item()),
-                      "tokens_per_second": tokens_seen / elapsed if elapsed > 0 else math.nan,
-                      "stage": config.stage}
+    stream = BatchStream(examples, batch_size=config.batch_size, max_length=config.max_length,
+                         seed=config.seed, pad_id=pad_id)
+    prepare_trainable(model, config)
+    net = FeatureTableVLM(model, table, first_image_id)
+    net.freeze(recurse=False, keys=["image_table"])
+    loop = LoopConfig(steps=config.steps, batch_size=config.batch_size, grad_accumulation=config.grad_accumulation,
+                      learning_rate=config.learning_rate, min_learning_rate=config.learning_rate * 0.05,
+                      warmup_steps=config.warmup, weight_decay=config.weight_decay, seed=config.seed,
+                      report_every=config.log_every, save_every=config.save_every,
+                      extra={"method": f"vlm-{config.stage}" + ("-lora" if config.lora_rank else "")})
+    history = []
+
+    def collect(event):
+        if event.kind == "train" and event.get("phase") == "step":
+            record = dict(event.fields, stage=config.stage)
             history.append(record)
-            events.publish("train", phase="step", **record)
             if on_step:
                 on_step(record)
+
+    unsubscribe = events.subscribe(collect)
+    try:
+        Trainer(net, stream, loop, output_dir=output_dir).train(resume_from=resume_from)
+    finally:
+        unsubscribe()
     if config.stage == "finetune" and config.lora_rank:
         fuse_lora(model)
     model.unfreeze()
-    events.publish("train", phase="done", stage=config.stage, steps=config.steps)
     return history
