@@ -18,7 +18,7 @@ time from a spec (`{"draw": {"shape": "circle", "colour": "red"}}` or `{"draw": 
 
 import re
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List
 
 import mlx.core as mx
 

@@ -15,10 +15,9 @@ import io
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, List, Optional, Sequence, Union
+from typing import Iterator, List, Optional, Sequence
 
 import mlx.core as mx
-import mlx.nn as nn
 import numpy as np
 
 from . import events

@@ -8,7 +8,6 @@
 
 import math
 
-import mlx.core as mx
 import mlx.nn as nn
 
 from .vision import ACTIVATIONS

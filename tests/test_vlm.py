@@ -10,7 +10,6 @@ import pytest
 from mlx.utils import tree_flatten
 
 from mlxsmall.errors import MlxsmallError
-from mlxsmall.models import vlm
 from mlxsmall.models.projector import pool_patch_grid
 from mlxsmall.models.vision import VisionConfig, VisionModel
 
