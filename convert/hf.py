@@ -81,12 +81,12 @@ def mlp_layout(weights: dict, num_layers: int) -> str:
     A mix (some copies equal to layer 0, some not) is a damaged shared-FFN checkpoint: error
     naming the first layer that differs.
     """
+    def same(a, b):
+        return a is b or (a.shape == b.shape and mx.array_equal(a, b).item())
+
     def same_as_first(i):
-        return all(
-            mx.array_equal(weights[f"model.layers.{i}.mlp.{k}.weight"],
-                           weights[f"model.layers.0.mlp.{k}.weight"]).item()
-            for k in MLP_KEYS
-        )
+        return all(same(weights[f"model.layers.{i}.mlp.{k}.weight"], weights[f"model.layers.0.mlp.{k}.weight"])
+                   for k in MLP_KEYS)
 
     try:
         equal = [same_as_first(i) for i in range(1, num_layers)]

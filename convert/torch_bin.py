@@ -148,14 +148,18 @@ def load_torch_bin(path) -> dict:
             raise MlxsmallError(f"{path}: data.pkl holds a {type(state).__name__}, not a state dict")
 
         storages = {}  # key -> numpy array over the whole storage, read once however many views it has
+        views = {}  # identical views (MobiLlama's 22 MLP copies) become one array, not 22 copies
         tensors = {}
         for name, ref in state.items():
             if not isinstance(ref, _TensorRef):
                 continue  # non-tensor entries (e.g. metadata) carry no weights
             storage = ref.storage
-            if storage.key not in storages:
-                storages[storage.key] = _read_storage(archive, prefix, storage, path)
-            tensors[name] = _to_mx(_view(storages[storage.key], ref, name, path), storage.name)
+            view_key = (storage.key, ref.offset, ref.size, ref.stride)
+            if view_key not in views:
+                if storage.key not in storages:
+                    storages[storage.key] = _read_storage(archive, prefix, storage, path)
+                views[view_key] = _to_mx(_view(storages[storage.key], ref, name, path), storage.name)
+            tensors[name] = views[view_key]
     return tensors
 
 

@@ -109,3 +109,12 @@ def test_storage_shorter_than_declared(tmp_path):
             dst.writestr(item, data[:-8] if item.filename.endswith("data/0") else data)
     with pytest.raises(MlxsmallError, match="storage data/0 has 56 bytes"):
         load_torch_bin(broken)
+
+
+def test_identical_views_share_one_array(tmp_path):
+    # save_pretrained of MobiLlama: every layer's mlp.* is the same tensor (one storage).
+    shared = torch.randn(8, 4)
+    torch.save({f"model.layers.{i}.mlp.up_proj.weight": shared for i in range(22)}, tmp_path / "m.bin")
+    tensors = load_torch_bin(tmp_path / "m.bin")
+    assert len({id(t) for t in tensors.values()}) == 1
+    np.testing.assert_array_equal(np.array(tensors["model.layers.21.mlp.up_proj.weight"]), shared.numpy())
