@@ -1,6 +1,6 @@
 """Vision-language checkpoints in: HF CLIP / SigLIP vision towers and LLaVA-layout models.
 
-- `load_vision_tower(dir)`: a HF `CLIPVisionModel` / `CLIPModel` / `SiglipVisionModel` / `SiglipModel`
+- `load_vision_tower(dir or repo id)`: a HF `CLIPVisionModel` / `CLIPModel` / `SiglipVisionModel` / `SiglipModel`
   directory -> (our vision_config, weights). Mean/std come from its `preprocessor_config.json`.
 - `build_vlm(vision_dir, lm_dir, dst)`: a new VLM from a vision tower + one of our LMs, with a freshly
   initialised projector (train it: `mlxsmall vlm train`). `mlxsmall vlm build` calls this.
@@ -57,6 +57,18 @@ def read_checkpoint(directory: Path) -> dict:
     raise MlxsmallError(f"{directory}: no *.safetensors or pytorch_model.bin weights")
 
 
+def checkpoint_dir(src) -> Path:
+    """A local directory for a path or a Hugging Face repo id (downloaded through the shared hub code)."""
+    path = Path(src).expanduser()
+    if path.is_dir():
+        return path
+    from mlxsmall.hub import download, looks_like_repo_id
+
+    if looks_like_repo_id(str(src)):
+        return download(str(src))
+    raise MlxsmallError(f"{src}: no such checkpoint directory (or Hugging Face repo id)")
+
+
 def vision_config_from_hf(config: dict, preprocessor: dict | None, source: str) -> dict:
     """Our vision_config from a HF config (vision-only, or a CLIP/SigLIP/LLaVA config with `vision_config`)."""
     model_type = config.get("model_type")
@@ -81,7 +93,7 @@ def load_vision_tower(src) -> tuple[dict, dict]:
     """``(vision_config, weights)`` of a HF CLIP/SigLIP (vision) checkpoint; keys ``vision_model.*``."""
     from mlxsmall.models.vision import VisionModel
 
-    src = Path(src)
+    src = checkpoint_dir(src)
     config = read_json(src / "config.json")
     preprocessor = read_json(src / "preprocessor_config.json", required=False)
     vision_config = vision_config_from_hf(config, preprocessor, str(src / "config.json"))
@@ -125,7 +137,7 @@ def convert_llava(src, dst, *, overwrite: bool = False) -> Path:
     """A HF LLaVA-layout checkpoint (llama-family LM + CLIP/SigLIP tower) into our format."""
     from mlxsmall.vlm import build_vlm_model, save_vlm, vlm_config
 
-    src = Path(src)
+    src = checkpoint_dir(src)
     hf = read_json(src / "config.json")
     if "text_config" not in hf or "vision_config" not in hf:
         raise MlxsmallError(f"{src / 'config.json'}: not a LLaVA config (needs text_config and vision_config)")

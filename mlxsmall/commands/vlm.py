@@ -32,7 +32,9 @@ def register(subparsers):
                            formatter_class=Formatter,
                            description="Vision tower (HF CLIP/SigLIP dir) + fresh projector + LM. "
                            "The projector is random: train it with `mlxsmall vlm train --stage projector`.")
-    build.add_argument("--vision", required=True, help="HF CLIPVisionModel/CLIPModel/SigLIP checkpoint directory")
+    build.add_argument("--vision", required=True,
+                       help="HF CLIPVisionModel/CLIPModel/SigLIP checkpoint: directory or repo id "
+                       "(e.g. openai/clip-vit-base-patch16)")
     build.add_argument("--lm", required=True, help="language model: our model directory or alias")
     build.add_argument("-o", "--output", required=True, help="where to write the VLM")
     build.add_argument("--projector", choices=["mlp", "pool"], default="mlp",
@@ -46,7 +48,7 @@ def register(subparsers):
     build.set_defaults(func=run_build)
 
     convert = sub.add_parser("convert", help="convert a HF LLaVA-layout checkpoint", formatter_class=Formatter)
-    convert.add_argument("source", help="HF LLaVA checkpoint directory (safetensors or pytorch_model.bin)")
+    convert.add_argument("source", help="HF LLaVA checkpoint directory or repo id (safetensors or pytorch_model.bin)")
     convert.add_argument("-o", "--output", required=True)
     convert.add_argument("--force", action="store_true")
     convert.set_defaults(func=run_convert)
