@@ -65,6 +65,10 @@ def run(args):
                      tokenizer_dir=args.tokenizer, overwrite=args.force, log=_log)
     else:
         chat_template = args.chat_template
+        if source.is_file():
+            from ..errors import MlxsmallError
+
+            raise MlxsmallError(f"{source}: a file; pass its checkpoint directory (with config.json) or a .gguf file")
         if not source.is_dir():
             entry = registry.lookup(args.source) or registry.by_repo(args.source)
             repo = entry.repo if entry else args.source
