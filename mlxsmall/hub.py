@@ -116,6 +116,7 @@ def find_pip_gguf(package: str, filename: str) -> Path:
 
 
 def ensure_converted(entry: ModelEntry, *, log: Callable[[str], None] = log) -> Path:
+    # A directory without config.json is not a finished conversion: it gets replaced (overwrite).
     existing = cached_path(entry)
     if existing is not None:
         return existing
@@ -127,14 +128,15 @@ def ensure_converted(entry: ModelEntry, *, log: Callable[[str], None] = log) -> 
         source = find_pip_gguf(package, filename)
         log(f"converting {source.name} into {dst} (once)")
         return _finish(lambda update: convert_gguf(source, dst, dtype=entry.dtype, bits=entry.bits,
-                                                   group_size=entry.group_size, log=update), dst, log)
+                                                   group_size=entry.group_size, overwrite=True, log=update),
+                       dst, log)
     from .convert.hf import convert_hf
 
     source = download(entry.repo, log=log)
     log(f"converting {entry.repo} into {dst} (once)")
     return _finish(lambda update: convert_hf(source, dst, dtype=entry.dtype, bits=entry.bits,
                                              group_size=entry.group_size, chat_template=entry.chat_template,
-                                             log=update), dst, log)
+                                             overwrite=True, log=update), dst, log)
 
 
 def _finish(convert: Callable[[Callable[[str], None]], Path], dst: Path, log: Callable[[str], None]) -> Path:
@@ -157,7 +159,7 @@ def convert_gguf_cached(path: Path, *, log: Callable[[str], None] = log) -> Path
     if (dst / "config.json").is_file():
         return dst
     log(f"converting {path.name} into {dst} (once)")
-    return _finish(lambda update: convert_gguf(path, dst, log=update), dst, log)
+    return _finish(lambda update: convert_gguf(path, dst, overwrite=True, log=update), dst, log)
 
 
 # --------------------------------------------------------------------------- downloading

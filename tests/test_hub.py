@@ -108,6 +108,9 @@ def test_interrupted_conversion_leaves_nothing_that_loads(cache, fake_hub, monke
     assert [p for p in cache.iterdir()] == []
     assert hub.cached_path(registry.lookup("mobillama-q8")) is None
     monkeypatch.setattr(mx, "save_safetensors", real_save)
+    leftover = cache / registry.lookup("mobillama-q8").cache_name  # e.g. emptied by hand: replaced
+    leftover.mkdir()
+    (leftover / "model.safetensors").write_bytes(b"junk")
     path = hub.resolve_model("mobillama-q8", log=lambda m: None)
     model, config = load_model(path)
     assert config["quantization"]["bits"] == 8
