@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import struct
 import zipfile
 from collections import OrderedDict
 from pathlib import Path
@@ -164,18 +165,37 @@ def load_torch_bin(path) -> dict:
 
 
 def _read_storage(archive, prefix, storage, path):
+    """The storage's elements as a flat array: memory-mapped when stored uncompressed (torch.save
+    always does), so a multi-GB checkpoint is not copied into memory once more."""
     dtype = STORAGE_DTYPES[storage.name]
+    member = f"{prefix}data/{storage.key}"
     try:
-        raw = archive.read(f"{prefix}data/{storage.key}")
+        info = archive.getinfo(member)
     except KeyError:
         raise MlxsmallError(f"{path}: storage data/{storage.key} is missing from the archive") from None
-    except (zipfile.BadZipFile, OSError, EOFError) as error:
-        raise MlxsmallError(f"{path}: storage data/{storage.key} is corrupt or truncated ({error})") from None
-    if len(raw) != storage.numel * dtype.itemsize:
+    expected = storage.numel * dtype.itemsize
+    if info.file_size != expected:
         raise MlxsmallError(
-            f"{path}: storage data/{storage.key} has {len(raw)} bytes, expected "
+            f"{path}: storage data/{storage.key} has {info.file_size} bytes, expected "
             f"{storage.numel} x {dtype.itemsize} (file truncated or corrupt)"
         )
+    if expected == 0:
+        return np.zeros(0, dtype=dtype)
+    if info.compress_type == zipfile.ZIP_STORED:
+        with open(path, "rb") as handle:
+            handle.seek(info.header_offset)
+            header = handle.read(30)
+        if len(header) < 30 or header[:4] != b"PK\x03\x04":
+            raise MlxsmallError(f"{path}: storage data/{storage.key} has a corrupt zip entry header")
+        name_length, extra_length = struct.unpack("<HH", header[26:30])
+        start = info.header_offset + 30 + name_length + extra_length
+        if start + expected > path.stat().st_size:
+            raise MlxsmallError(f"{path}: storage data/{storage.key} is cut short (file truncated)")
+        return np.memmap(path, dtype=dtype, mode="r", offset=start, shape=(storage.numel,))
+    try:
+        raw = archive.read(member)
+    except (zipfile.BadZipFile, OSError, EOFError) as error:
+        raise MlxsmallError(f"{path}: storage data/{storage.key} is corrupt or truncated ({error})") from None
     return np.frombuffer(raw, dtype=dtype)
 
 
