@@ -156,6 +156,19 @@ def build_converted_model(src: Path, *, shared_ffn: Optional[bool] = None, dtype
     return model, config
 
 
+def guess_chat_template(src: Path, upstream: dict) -> Optional[str]:
+    """FastChat one_shot for a MobiLlama chat checkpoint whose tokenizer has no template; else None."""
+    import json
+
+    name = f"{src.name} {upstream.get('_name_or_path', '')}".lower()
+    tokenizer_config = src / "tokenizer_config.json"
+    has_template = (src / "chat_template.jinja").exists() or (
+        tokenizer_config.exists() and "chat_template" in json.loads(tokenizer_config.read_text() or "{}"))
+    if detect_architecture(upstream) == "mobillama" and "chat" in name and not has_template:
+        return "fastchat-one-shot"
+    return None
+
+
 def convert_hf(
     src,
     dst,
@@ -171,7 +184,7 @@ def convert_hf(
     """Convert HF checkpoint dir `src` into our format at `dst` (atomic). Returns `dst`.
 
     `chat_template`: a name from `mlxsmall.convert.chat_templates` (e.g. "fastchat-one-shot")
-    for checkpoints whose tokenizer carries none.
+    for checkpoints whose tokenizer carries none, or "auto" (`guess_chat_template`).
     """
     from mlxsmall.loading import save_model
     from mlxsmall.quantize import quantize_model
@@ -192,6 +205,10 @@ def convert_hf(
     if bits:
         log(f"quantizing to {bits} bits (group {group_size})")
         config = quantize_model(model, config, bits=bits, group_size=group_size)
+    if chat_template == "auto":
+        chat_template = guess_chat_template(src, read_hf_config(src))
+        if chat_template:
+            log(f"chat template {chat_template} (MobiLlama chat checkpoint without one)")
     with tempfile.TemporaryDirectory(prefix=".mlxsmall-tokenizer-", dir=dst.parent) as work:
         template = get_template(chat_template) if chat_template else None
         write_tokenizer(src, Path(work), chat_template=template,

@@ -183,3 +183,15 @@ def test_cli_convert(checkpoints, tmp_path, capsys):
     assert json.loads((dst / "config.json").read_text())["quantization"]["bits"] == 4
     assert main(["convert", str(checkpoints["mobillama-1b"]), "-o", str(dst)]) == 2
     assert "already exists" in capsys.readouterr().err
+
+
+def test_cli_guesses_mobillama_chat_template(checkpoints, tmp_path):
+    from mlxsmall.cli import main
+
+    assert main(["convert", str(checkpoints["mobillama-05b-chat-bf16"]), "-o", str(tmp_path / "chat")]) == 0
+    assert "### Human:" in (tmp_path / "chat" / "chat_template.jinja").read_text()
+    assert main(["convert", str(checkpoints["mobillama-05b-chat-bf16"]), "-o", str(tmp_path / "plain"),
+                 "--chat-template", "none"]) == 0
+    assert not (tmp_path / "plain" / "chat_template.jinja").exists()
+    assert main(["convert", str(checkpoints["mobillama-05b"]), "-o", str(tmp_path / "base")]) == 0
+    assert not (tmp_path / "base" / "chat_template.jinja").exists()

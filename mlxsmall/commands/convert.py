@@ -39,8 +39,9 @@ def register(subparsers):
     parser.add_argument("--bits", type=int, default=4, help="bits per weight with -q (default 4)")
     parser.add_argument("--group-size", type=int, default=None,
                         help="weights per scale with -q (default 64; 32 for GGUF sources)")
-    parser.add_argument("--chat-template", choices=sorted(TEMPLATES), default=None,
-                        help="add a chat template the checkpoint lacks (MobiLlama-Chat: fastchat-one-shot)")
+    parser.add_argument("--chat-template", choices=["auto", "none"] + sorted(TEMPLATES), default="auto",
+                        help="add a chat template the checkpoint lacks (auto: fastchat-one-shot for "
+                             "MobiLlama chat checkpoints without one; none: never)")
     parser.add_argument("--shared-ffn", choices=["auto", "yes", "no"], default="auto",
                         help="MobiLlama: bind one shared FFN (auto: when every layer stores the same one)")
     parser.add_argument("--tokenizer", default=None, metavar="DIR",
@@ -64,7 +65,7 @@ def run(args):
         convert_gguf(source, args.output, dtype=args.dtype, bits=bits, group_size=args.group_size or 32,
                      tokenizer_dir=args.tokenizer, overwrite=args.force, log=_log)
     else:
-        chat_template = args.chat_template
+        chat_template = None if args.chat_template == "none" else args.chat_template
         if source.is_file():
             from ..errors import MlxsmallError
 
@@ -81,8 +82,8 @@ def run(args):
                 from ..errors import MlxsmallError
 
                 raise MlxsmallError(f"{args.source}: no such directory or file, and not a repo id or alias")
-            if entry and chat_template is None and entry.chat_template not in (None, "gguf"):
-                chat_template = entry.chat_template
+            if entry and chat_template == "auto":
+                chat_template = entry.chat_template if entry.chat_template != "gguf" else None
             if entry and not args.quantize and args.dtype is None:
                 bits, args.dtype = entry.bits, entry.dtype  # the alias's precision (mobillama-q4: 4-bit)
                 args.group_size = args.group_size or entry.group_size
