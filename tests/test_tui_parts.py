@@ -228,8 +228,21 @@ def test_dashboard_bad_bench_option_is_one_line(capsys):
 def test_serve_command_reruns_this_dashboard_without_serve_options():
     from mlxsmall.commands.dashboard import serve_command
 
-    command = serve_command(["dashboard", "./m", "--serve", "--port", "9000", "--host=0.0.0.0", "-m", "64"])
+    command = serve_command(["dashboard", "./m", "--serve", "--port", "9000", "--host=0.0.0.0", "-m", "64",
+                             "--public-url", "http://mac.local:9000"])
     assert command.endswith("-m mlxsmall dashboard ./m -m 64")
+
+
+def test_public_url_is_reachable_from_other_machines():
+    import argparse
+
+    from mlxsmall.commands.dashboard import public_url
+
+    assert public_url(argparse.Namespace(public_url="http://mac.local:9000/", host="0.0.0.0", port=1)) \
+        == "http://mac.local:9000"
+    assert public_url(argparse.Namespace(public_url=None, host="192.168.1.5", port=8000)) == "http://192.168.1.5:8000"
+    lan = public_url(argparse.Namespace(public_url=None, host="0.0.0.0", port=8000))
+    assert lan.startswith("http://") and "0.0.0.0" not in lan
 
 
 def test_bench_config_from_arguments():

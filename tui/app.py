@@ -275,6 +275,8 @@ class DashboardApp(App):
                 self.query_one(ChatLog).add("error", f"error: {_one_line(message.error)}")
             elif message.result:
                 self.query_one(ChatLog).add("notice", "[stopped]")
+            for notice in getattr(self.session, "notices", []) if self.chat_mode else []:
+                self.query_one(ChatLog).add("notice", notice)  # e.g. "context full: dropped the oldest turn"
             self._reply = None
             self.refresh_panels(force=True)
         elif message.name == "bench":

@@ -49,6 +49,9 @@ def register(subparsers):
                        help="serve the dashboard over HTTP with textual-serve instead of drawing it here")
     serve.add_argument("--host", default="0.0.0.0", help="address to listen on with --serve (default all)")
     serve.add_argument("--port", type=int, default=8000, help="port for --serve (default 8000)")
+    serve.add_argument("--public-url", default=None, metavar="URL",
+                       help="the address browsers use, e.g. http://my-mac.local:8000 "
+                            "(default: this machine's LAN address and --port)")
     parser.set_defaults(func=run)
 
 
@@ -74,13 +77,36 @@ def serve_command(argv):
             continue
         if arg == "--serve":
             continue
-        if arg in ("--host", "--port"):
+        if arg in ("--host", "--port", "--public-url"):
             skip = True
             continue
-        if arg.startswith(("--host=", "--port=")):
+        if arg.startswith(("--host=", "--port=", "--public-url=")):
             continue
         kept.append(arg)
     return shlex.join([sys.executable, "-m", "mlxsmall", *kept])
+
+
+def lan_address() -> str:
+    """This machine's address on its LAN (the interface of the default route), without sending
+    anything; 127.0.0.1 when there is no network."""
+    import socket
+
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        probe.connect(("10.255.255.255", 1))  # UDP connect: picks a route, sends no packet
+        return probe.getsockname()[0]
+    except OSError:
+        return "127.0.0.1"
+    finally:
+        probe.close()
+
+
+def public_url(args) -> str:
+    """Where the browser must connect back: the page's websocket and static files use it."""
+    if args.public_url:
+        return args.public_url.rstrip("/")
+    host = lan_address() if args.host in ("0.0.0.0", "") else args.host
+    return f"http://{host}:{args.port}"
 
 
 def run(args):
@@ -91,8 +117,9 @@ def run(args):
 
         argv = sys.argv[1:] if sys.argv[1:2] == ["dashboard"] else ["dashboard", *sys.argv[1:]]
         command = serve_command(argv)
-        print(f"serving `{command}` on http://{args.host}:{args.port} (Ctrl+C stops)", file=sys.stderr)
-        Server(command, host=args.host, port=args.port, title="mlxsmall dashboard").serve()
+        url = public_url(args)
+        print(f"open {url} in a browser (an iPad on this network works); Ctrl+C stops", file=sys.stderr)
+        Server(command, host=args.host, port=args.port, title="mlxsmall dashboard", public_url=url).serve()
         return 0
 
     from ..tui.app import run_dashboard
