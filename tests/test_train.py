@@ -13,6 +13,15 @@ from mlxsmall.errors import MlxsmallError
 from mlxsmall.train.finetune import FinetuneSettings, finetune
 from mlxsmall.train.trainer import TrainConfig
 
+TRAINING_TEXT = [
+    "The capital of France is Paris. The capital of Italy is Rome.",
+    "Small language models run on phones, tablets and laptops.",
+    "MobileLLM is deep and thin; MobiLlama shares one feed-forward network.",
+    "Quantization stores weights in fewer bits: 8, 6, 4, 3 or 2.",
+    "Hello! How are you today? I am fine, thank you.",
+    "def add(a, b):\n    return a + b\n",
+    "SELECT name FROM users WHERE age > 30;",
+]
 FACTS = [
     ("What is the capital of France?", "The capital of France is Paris."),
     ("Where do small models run?", "Small language models run on phones."),
@@ -165,8 +174,6 @@ def test_adafactor_grad_accumulation_and_checkpointing(make_tiny_model, data_dir
 
 
 def test_pretrain_tiny_with_distillation(tiny_tokenizer_dir, make_tiny_model, tmp_path):
-    from conftest import TRAINING_TEXT
-
     from mlxsmall.loading import load_model
     from mlxsmall.train.pretrain import PretrainSettings, pretrain
 
@@ -186,7 +193,6 @@ def test_pretrain_tiny_with_distillation(tiny_tokenizer_dir, make_tiny_model, tm
 
 def test_llama_sentencepiece_tokenizer_for_pretraining(tmp_path):
     import sentencepiece
-    from conftest import TRAINING_TEXT
 
     from mlxsmall.train.pretrain import load_text_tokenizer, model_config
 
