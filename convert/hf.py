@@ -46,7 +46,7 @@ def read_hf_config(src: Path) -> dict:
     return read_config(src)
 
 
-def detect_architecture(config: dict) -> str:
+def detect_architecture(config: dict, source="config.json") -> str:
     """Our model_type for an upstream config, or MlxsmallError listing what is supported."""
     model_type = config.get("model_type")
     architectures = config.get("architectures") or []
@@ -58,7 +58,7 @@ def detect_architecture(config: dict) -> str:
     if model_type == "llama" and (not architectures or "LlamaForCausalLM" in architectures):
         return "llama"
     raise MlxsmallError(
-        f"config.json: unsupported architecture (model_type {model_type!r}, architectures "
+        f"{source}: unsupported architecture (model_type {model_type!r}, architectures "
         f"{architectures}); supported: {SUPPORTED}"
     )
 
@@ -137,7 +137,7 @@ def build_converted_model(src: Path, *, shared_ffn: Optional[bool] = None, dtype
 
     src = Path(src)
     upstream = read_hf_config(src)
-    detect_architecture(upstream)  # refuse unknown architectures before reading weights
+    detect_architecture(upstream, src / "config.json")  # refuse unknown ones before reading weights
     weights = load_checkpoint_weights(src)
     config = map_config(upstream, weights, shared_ffn=shared_ffn)
     model = build_model(config)
