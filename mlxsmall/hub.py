@@ -25,6 +25,7 @@ from .registry import ModelEntry
 METADATA_PATTERNS = [
     "config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
     "tokenizer.model", "special_tokens_map.json", "added_tokens.json", "chat_template*",
+    "preprocessor_config.json",  # vision towers (convert/vlm.py)
 ]
 SAFETENSORS_PATTERNS = ["*.safetensors", "*.safetensors.index.json"]
 BIN_PATTERNS = ["pytorch_model*.bin", "pytorch_model.bin.index.json"]
