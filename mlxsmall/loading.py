@@ -144,10 +144,11 @@ def load_model(
         )
     except ValueError as error:
         raise MlxsmallError(f"{model_dir}: {describe_weight_error(error, headers)}") from None
+    if dtype is not None:
+        # Before dequantizing, so that fp16 scales do not round the fp32 weights.
+        cast_floating(model, dtype)
     if dequantize and "quantization" in config:
         dequantize_model(model)
-    if dtype is not None:
-        cast_floating(model, dtype)
     if not lazy:
         mx.eval(model.parameters())
     return model, config
@@ -201,14 +202,11 @@ def running_on_cpu() -> bool:
 
 
 def resolve_model_path(path_or_alias: Union[str, Path]) -> Path:
-    """A local model directory for a path, an alias (``mlxsmall models``) or a HF repo id."""
+    """A local model directory for a path, an alias (``mlxsmall models``), a HF repo id
+    or a GGUF file (converted once into the cache)."""
     path = Path(path_or_alias).expanduser()
     if path.is_dir():
         return path
-    if path.suffix == ".gguf":
-        raise MlxsmallError(
-            f"{path}: GGUF files are converted first: mlxsmall convert {path} -o DIR"
-        )
     try:
         from . import hub
     except ImportError:
