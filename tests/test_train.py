@@ -182,12 +182,12 @@ def test_pretrain_tiny_with_distillation(tiny_tokenizer_dir, make_tiny_model, tm
                                 for i in range(7)))
     train = TrainConfig(steps=8, batch_size=2, learning_rate=3e-3, warmup_steps=1, val_batches=1)
     teacher = make_tiny_model("llama")
-    trainer = pretrain([str(corpus)], str(tiny_tokenizer_dir), tmp_path / "run",
+    result = pretrain([str(corpus)], str(tiny_tokenizer_dir), tmp_path / "run",
                        PretrainSettings(arch="mobilellm", size="tiny", layer_sharing=True,
                                         max_length=32, teacher=str(teacher), train=train,
                                         overrides=dict(num_hidden_layers=2)))
-    assert trainer.last_val_loss < trainer.initial_val_loss
-    model, config = load_model(trainer.model_dir)
+    assert result.final_val_loss < result.initial_val_loss
+    model, config = load_model(result.model_dir)
     assert config["layer_sharing"] is True and config["vocab_size"] == 320
 
 

@@ -2,7 +2,7 @@
 
 import argparse
 
-from .finetune import add_training_arguments, train_config, training_progress
+from .finetune import add_training_arguments, format_loss, train_config, training_progress
 
 EPILOG = """\
 configs (--config): scaled-down deep-and-thin `tiny`/`small`, and the paper
@@ -65,12 +65,11 @@ def run(args):
         distill_temperature=args.distill_temperature, train=train_config(args),
     )
     with training_progress(enabled=not args.quiet, label="pretrain") as console:
-        trainer = pretrain(args.corpus, tokenizer, args.output, settings,
+        result = pretrain(args.corpus, tokenizer, args.output, settings,
                            resume=args.resume, force=args.force)
     if mx.distributed.init().rank() == 0:
-        first, last = trainer.initial_val_loss, trainer.last_val_loss
-        fmt = lambda v: "n/a (no validation rows)" if v is None else f"{v:.4f}"
-        console.print(f"validation loss: {fmt(first)} -> {fmt(last)} after {trainer.step} steps "
-                      f"({trainer.trained_tokens} tokens)")
-        console.print(f"model: {trainer.model_dir}")
+        console.print(f"validation loss: {format_loss(result.initial_val_loss)} -> "
+                      f"{format_loss(result.final_val_loss)} after {result.steps} steps "
+                      f"({result.trained_tokens} tokens)")
+        console.print(f"model: {result.model_dir}")
     return 0

@@ -19,7 +19,7 @@ from ..quantize import is_quantized, quantize_model
 from . import adapters as adapter_lib
 from . import checkpoint as ckpt
 from .data import BatchStream, load_finetune_data
-from .trainer import TrainConfig, Trainer
+from .trainer import TrainConfig, Trainer, TrainResult
 
 METHODS = ("lora", "dora", "qlora", "full")
 
@@ -39,17 +39,6 @@ class FinetuneSettings:
     mask_prompt: bool = True
     dtype: Optional[str] = None  # "bfloat16": frozen base in bf16, adapters and loss in fp32
     train: TrainConfig = field(default_factory=TrainConfig)
-
-
-@dataclass
-class FinetuneResult:
-    output_dir: Path
-    initial_val_loss: Optional[float]
-    final_val_loss: Optional[float]
-    steps: int
-    trained_tokens: int
-    adapter_dir: Optional[Path] = None
-    model_dir: Optional[Path] = None
 
 
 def prepare_model(model_dir: Path, settings: FinetuneSettings):
@@ -84,7 +73,7 @@ def prepare_model(model_dir: Path, settings: FinetuneSettings):
 
 
 def finetune(model: str, data: str, output_dir, settings: FinetuneSettings, *,
-             resume: bool = False, force: bool = False) -> FinetuneResult:
+             resume: bool = False, force: bool = False) -> TrainResult:
     model_dir = resolve_model_path(model)
     output_dir = Path(output_dir)
     group = mx.distributed.init()
@@ -118,10 +107,7 @@ def finetune(model: str, data: str, output_dir, settings: FinetuneSettings, *,
         output_dir.mkdir(parents=True, exist_ok=True)
         if settings.method != "full":
             ckpt.write_json_atomic(output_dir / adapter_lib.CONFIG_FILE, adapter_config)
-    final = trainer.train(resume_from=resume_from)
-
-    result = FinetuneResult(output_dir, trainer.initial_val_loss, final, trainer.step,
-                            trainer.trained_tokens)
+    result = trainer.train(resume_from=resume_from)
     if group.rank() == 0:
         if settings.method == "full":
             result.model_dir = save_model(output_dir / "model", net, config,

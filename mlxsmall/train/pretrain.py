@@ -156,7 +156,7 @@ class PretrainSettings:
 
 def pretrain(corpus: Sequence[str], tokenizer_spec: str, output_dir, settings: PretrainSettings,
              *, resume: bool = False, force: bool = False):
-    """Train a new model on ``corpus``; writes ``output_dir/model`` and returns the Trainer."""
+    """Train a new model on ``corpus``; writes ``output_dir/model``."""
     output_dir = Path(output_dir)
     group = mx.distributed.init()
     resume_from = ckpt.prepare_run_directory(output_dir, resume=resume, force=force,
@@ -202,10 +202,10 @@ def pretrain(corpus: Sequence[str], tokenizer_spec: str, output_dir, settings: P
     settings.train.extra = {"arch": settings.arch, "size": settings.size, "tokenizer": tokenizer.name}
     trainer = Trainer(model, train_stream, settings.train, valid_stream=valid_stream,
                       output_dir=output_dir, group=group, loss_fn=loss_fn)
-    trainer.train(resume_from=resume_from)
+    result = trainer.train(resume_from=resume_from)
     if group.rank() == 0:
         if tokenizer.source_dir is None:
             config["tokenizer"] = tokenizer.name  # tiktoken: no HF tokenizer files to copy
-        trainer.model_dir = save_model(output_dir / "model", model, copy.deepcopy(config),
+        result.model_dir = save_model(output_dir / "model", model, copy.deepcopy(config),
                                        tokenizer_src_dir=tokenizer.source_dir, overwrite=True)
-    return trainer
+    return result

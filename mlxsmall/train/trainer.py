@@ -13,7 +13,6 @@ the events. Only rank 0 writes logs and checkpoints.
 """
 
 import json
-import math
 import time
 from dataclasses import asdict, dataclass, field
 from functools import partial
@@ -23,7 +22,6 @@ from typing import Callable, Optional
 import mlx.core as mx
 import mlx.nn as nn
 import mlx.optimizers as optim
-import numpy as np
 from mlx.utils import tree_flatten, tree_map
 
 from .. import events
@@ -51,6 +49,19 @@ class TrainConfig:
     grad_checkpoint: bool = False
     report_every: int = 1
     extra: dict = field(default_factory=dict)  # method settings recorded with checkpoints
+
+
+@dataclass
+class TrainResult:
+    """What a finetune or pretraining run leaves behind."""
+
+    output_dir: Path
+    initial_val_loss: Optional[float]
+    final_val_loss: Optional[float]
+    steps: int
+    trained_tokens: int
+    adapter_dir: Optional[Path] = None
+    model_dir: Optional[Path] = None
 
 
 def build_schedule(config: TrainConfig):
@@ -315,13 +326,5 @@ class Trainer:
         saved = self.save_checkpoint()
         self.emit("done", val_loss=self.last_val_loss, trained_tokens=self.trained_tokens,
                   checkpoint=str(saved) if saved else None)
-        return self.last_val_loss
-
-
-def perplexity(loss: Optional[float]) -> Optional[float]:
-    return math.exp(loss) if loss is not None and loss < 50 else None
-
-
-def seed_everything(seed: int):
-    mx.random.seed(seed)
-    np.random.seed(seed)
+        return TrainResult(self.output_dir, self.initial_val_loss, self.last_val_loss,
+                           self.step, self.trained_tokens)
