@@ -172,6 +172,11 @@ class Trainer:
         if state.get("examples") != len(self.train_stream.examples):
             raise MlxsmallError(f"{path}: checkpoint was made with {state.get('examples')} training "
                                 f"examples, the data now has {len(self.train_stream.examples)}")
+        saved_config = state.get("config", {})
+        for name in ("batch_size", "grad_accumulation", "seed"):  # they fix the data position
+            if name in saved_config and saved_config[name] != getattr(self.config, name):
+                raise MlxsmallError(f"{path}: the run used {name}={saved_config[name]}, this one "
+                                    f"{getattr(self.config, name)}; resume with the same setting")
         self.model.load_weights(list(trainable.items()), strict=False)
         self.optimizer.state = optimizer_state
         self.step = int(state["step"])
