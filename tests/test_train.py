@@ -173,6 +173,22 @@ def test_adafactor_grad_accumulation_and_checkpointing(make_tiny_model, data_dir
     assert all(r["tokens_per_second"] > 0 and r["peak_memory_gb"] > 0 for r in steps)
 
 
+def test_grad_checkpointing_gives_the_same_weights(make_tiny_model, data_dir, tmp_path):
+    base = make_tiny_model("mobillama")  # the shared FFN is handed to each block as an argument
+    saved = {}
+    for checkpointing in (False, True):
+        s = settings(steps=2)
+        s.train.grad_checkpoint = checkpointing
+        finetune(str(base), str(data_dir), tmp_path / str(checkpointing), s)
+        saved[checkpointing] = mx.load(str(tmp_path / str(checkpointing) / "adapters.safetensors"))
+    for key in saved[False]:
+        np.testing.assert_allclose(np.array(saved[True][key]), np.array(saved[False][key]), atol=1e-6)
+    s = settings(steps=1)
+    s.train.grad_checkpoint = True
+    with pytest.raises(MlxsmallError, match="grad-checkpoint"):
+        finetune(str(make_tiny_model("mobilellm-ls")), str(data_dir), tmp_path / "ls", s)
+
+
 def test_pretrain_tiny_with_distillation(tiny_tokenizer_dir, make_tiny_model, tmp_path):
     from mlxsmall.loading import load_model
     from mlxsmall.train.pretrain import PretrainSettings, pretrain
