@@ -31,7 +31,7 @@ from mlxsmall.telemetry import (
 
 from . import bench as bench_lib
 from .metrics import DashboardMetrics
-from .widgets import BenchView, ChatLog, MemoryPowerPanel, ModelPanel, SpeedPanel, set_content
+from .widgets import BenchView, ChatLog, MemoryPowerPanel, ModelPanel, SpeedPanel
 from .worker import Cancelled, MLXWorker
 
 # Redraw rate and memory sampling: often enough to watch tokens arrive, rarely enough that
@@ -171,8 +171,7 @@ class DashboardApp(App):
         self.query_one(SpeedPanel).show(self.metrics)
         self.query_one(MemoryPowerPanel).show(self.metrics)
         if self._reply is not None and self.metrics.started == self._reply_request:
-            set_content(self._reply, Text(self.metrics.text), layout=True)
-            self.query_one(ChatLog).scroll_end(animate=False)
+            self.query_one(ChatLog).stream_into(self._reply, Text(self.metrics.text))
 
     def _sample_power(self) -> None:
         self.metrics.watts = self._power_sampler.watts()
@@ -182,6 +181,9 @@ class DashboardApp(App):
 
     def _start(self, name: str, job, *args) -> None:
         self.busy = name
+        # A blinking cursor repaints twice a second; while MLX works, those frames are CPU taken
+        # from generation (see bench/bench_dashboard.py).
+        self.query_one("#prompt", Input).cursor_blink = False
         future = self.worker.submit(job, *args)
 
         def done(future):  # runs on the worker thread: hand over as a message
@@ -260,6 +262,7 @@ class DashboardApp(App):
     @on(JobDone)
     def job_done(self, message: JobDone) -> None:
         self.busy = None
+        self.query_one("#prompt", Input).cursor_blink = True
         self.drain_events()
         if message.name == "load":
             if message.error is not None:

@@ -125,7 +125,7 @@ class MemoryPowerPanel(Static):
             text.append("\n")
             text.append_text(rows(("power", "n/a"), ("J/token", "n/a")))
             text.append("\n" + self.meter.describe(), style="dim")
-        set_content(self, text, layout=True)
+        set_content(self, text)
 
 
 class ModelPanel(Static):
@@ -164,6 +164,19 @@ class ChatLog(VerticalScroll):
         self.mount(message)
         self.scroll_end(animate=False)
         return message
+
+    def stream_into(self, message: Static, text: Text) -> None:
+        """Show the answer so far. A full re-layout (costly: the whole screen) happens only when
+        the wrapped answer gains a line; otherwise just that widget repaints."""
+        if getattr(message, "_shown", None) == text:
+            return
+        width = max(1, message.content_region.width or message.size.width or 1)
+        height = len(text.wrap(self.app.console, width)) if text.plain else 0
+        grew = height != getattr(message, "_shown_height", None)
+        message._shown, message._shown_height = text, height
+        message.update(text, layout=grew)
+        if grew:
+            self.scroll_end(animate=False)
 
 
 class BenchView(Vertical):
