@@ -46,6 +46,7 @@ def fixed_app() -> DashboardApp:
 async def fill_chat(pilot):
     await pilot.pause()  # let on_mount finish (it focuses the prompt)
     app = pilot.app
+    app.query_one("#prompt").cursor_blink = False  # a blinking cursor makes snapshots flaky
     metrics = app.metrics
     metrics.prompt_tokens, metrics.prompt_tps = 31, 241.3
     metrics.generation_tokens, metrics.generation_tps, metrics.total_tokens = 64, 16.9, 192
@@ -66,6 +67,7 @@ async def fill_chat(pilot):
 async def fill_bench(pilot):
     await pilot.pause()
     app = pilot.app
+    app.query_one("#prompt").cursor_blink = False
     app.bench_report = REPORT
     app.query_one(BenchView).show(REPORT)
     app.query_one(BenchView).set_status("Done: 4 rows. Ctrl+S exports.")
