@@ -304,6 +304,42 @@ def generate_vlm(model, tokenizer, processor, prompt: str, images: Sequence = ()
     return "".join(s.text for s in stream_generate_vlm(model, tokenizer, processor, prompt, images, **options))
 
 
+# --------------------------------------------------------------------------- chat
+
+
+def vision_chat_session(model, tokenizer, image_features=None, **session_options):
+    """A multi-turn chat about encoded images on the core ``ChatSession`` (chat template, KV cache kept
+    across turns, oldest turns dropped when the context fills). Put ``<image>`` placeholders (one per
+    image, in order) in the first user message; ``image_features`` come from ``encode_images``."""
+    from dataclasses import dataclass as _dataclass
+
+    from .chat import ChatSession, plain_transcript
+    from .models.vlm import ImageTokenTable
+
+    first_image_id = max(model.args.text_config["vocab_size"], model.args.image_token_index + 1)
+    per_image = model.num_image_tokens
+    if image_features is not None:
+        table = image_features.reshape(-1, image_features.shape[-1])
+    else:
+        table = mx.zeros((1, model.args.text_config["hidden_size"]))
+    capacity = table.shape[0] // per_image if image_features is not None else 0
+
+    @_dataclass
+    class VisionChatSession(ChatSession):
+        def render(self, messages):
+            text = (self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+                    if self.template_name == "tokenizer" else plain_transcript(messages))
+            if text.count(IMAGE_PLACEHOLDER) > capacity:
+                raise MlxsmallError(f"the conversation has {text.count(IMAGE_PLACEHOLDER)} {IMAGE_PLACEHOLDER} "
+                                    f"placeholders for {capacity} encoded image(s)")
+            ids = tokenize_with_images(self.tokenizer, text, -1, per_image)
+            image_ids = iter(range(first_image_id, first_image_id + table.shape[0]))
+            return [next(image_ids) if t == -1 else t for t in ids]
+
+    return VisionChatSession(ImageTokenTable(model, table, first_image_id, project=False), tokenizer,
+                             **session_options)
+
+
 # --------------------------------------------------------------------------- synthetic images
 
 SHAPE_COLOURS = {"red": (220, 30, 30), "green": (30, 180, 40), "blue": (30, 60, 220), "yellow": (235, 210, 20)}

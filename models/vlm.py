@@ -139,6 +139,42 @@ class Model(nn.Module):
         return {prefix + key: value for prefix, part in parts.items() for key, value in part.items()}
 
 
+class ImageTokenTable(nn.Module):
+    """A VLM seen as a plain token model, for token-only loops (the shared trainer, the chat session with
+    its KV-cache reuse). Each image token has its own id from ``first_image_id`` on, which indexes a row
+    of ``table``: already projected features (``project=False``, chat) or pooled vision features that go
+    through the projector here (``project=True``, training, so the projector gets gradients). Ids are
+    position-independent, so prefill chunking and cache trimming cannot misplace an image."""
+
+    def __init__(self, vlm: Model, table, first_image_id: int, project: bool):
+        super().__init__()
+        self.vlm = vlm
+        self.image_table = table
+        self.first_image_id = first_image_id
+        self.project = project
+
+    def __call__(self, inputs, cache=None, input_embeddings=None):
+        if input_embeddings is None:
+            is_image = inputs >= self.first_image_id
+            text = self.vlm.language_model.model.embed_tokens(mx.where(is_image, 0, inputs))
+            rows = self.image_table[mx.where(is_image, inputs - self.first_image_id, 0)]
+            if self.project:
+                rows = self.vlm.multi_modal_projector.project(rows)
+            input_embeddings = mx.where(is_image[..., None], rows.astype(text.dtype), text)
+        return self.vlm.language_model(inputs, cache=cache, input_embeddings=input_embeddings)
+
+    @property
+    def layers(self):
+        return self.vlm.language_model.layers
+
+    @property
+    def args(self):
+        return self.vlm.language_model.args
+
+    def make_cache(self):
+        return self.vlm.language_model.make_cache()
+
+
 def upstream_to_llava_key(key: str) -> str:
     """transformers>=4.52 LlavaForConditionalGeneration keys -> the classic LLaVA layout we store."""
     if key.startswith("model.language_model."):

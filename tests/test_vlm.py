@@ -217,6 +217,23 @@ def test_generation_with_and_without_image(tiny_vlm, tiny_config, tiny_tokenizer
         generate_vlm(model, tokenizer, processor, "<image> <image> two?", [image], max_tokens=2)
 
 
+def test_chat_session_matches_one_shot_generation_and_reuses_the_cache(tiny_vlm, tiny_config,
+                                                                        tiny_tokenizer_dir, tmp_path):
+    from mlxsmall.vlm import draw_shape, encode_images, generate_vlm, load_vlm, vision_chat_session
+
+    path = save_tiny_vlm(tiny_vlm, tiny_vlm_config(tiny_config), tmp_path / "vlm", tiny_tokenizer_dir)
+    model, tokenizer, processor = load_vlm(path)
+    image = draw_shape("triangle", "green", 48)
+    features, _ = encode_images(model, processor, [image])
+    session = vision_chat_session(model, tokenizer, features, max_tokens=6)
+    first = "".join(step.text for step in session.send("<image>\nWhat is it?"))
+    assert first == generate_vlm(model, tokenizer, processor, "What is it?", [image], max_tokens=6)
+    steps = list(session.send("And the colour?"))
+    assert steps[-1].prompt_tokens < len(session.render(session.messages[:-1]))  # only the new turn prefilled
+    with pytest.raises(MlxsmallError, match="placeholders"):
+        list(vision_chat_session(model, tokenizer, None).send("<image> what?"))
+
+
 def test_quantize_round_trip_keeps_vision_fp16(tiny_vlm, tiny_config, tiny_tokenizer_dir, tmp_path):
     from mlxsmall.vlm import load_vlm, quantize_vlm, save_vlm
 

@@ -167,7 +167,7 @@ def run_generate(args):
 
 
 def run_chat(args):
-    from ..vlm import IMAGE_PLACEHOLDER, encode_images, load_image, stream_generate_vlm
+    from ..vlm import IMAGE_PLACEHOLDER, encode_images, load_image, vision_chat_session
 
     images = [load_image(source) for source in args.image]
     model, tokenizer, processor = load(args)
@@ -175,9 +175,9 @@ def run_chat(args):
     if images:
         print(f"[{len(images)} image(s) encoded in {seconds * 1000:.0f} ms, "
               f"{model.num_image_tokens * len(images)} image tokens]", file=sys.stderr)
+    session = vision_chat_session(model, tokenizer, features, max_tokens=args.max_tokens, stop=list(args.stop))
     print("Type a message (empty line or Ctrl-D to quit).", file=sys.stderr)
-    messages = []
-    template = getattr(tokenizer, "chat_template", None)
+    first = True
     while True:
         try:
             text = input(">>> ").strip()
@@ -185,19 +185,16 @@ def run_chat(args):
             break
         if not text:
             break
-        if not messages and images:
+        if first and images:
             text = (IMAGE_PLACEHOLDER + "\n") * len(images) + text
-        messages.append({"role": "user", "content": text})
-        if template:
-            prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        else:
-            prompt = "\n".join(m["content"] for m in messages) + "\n"
-        last, reply = stream_to_stdout(stream_generate_vlm(
-            model, tokenizer, processor, prompt, formatted=True, image_features=features,
-            max_tokens=args.max_tokens, stop=args.stop, **sampling_kwargs(args)))
+        first = False
+        last, _ = stream_to_stdout(session.send(text, **sampling_kwargs(args)))
+        for notice in session.notices:
+            print(f"[{notice}]", file=sys.stderr)
         if last is not None:
-            print(format_stats(last), file=sys.stderr)
-        messages.append({"role": "assistant", "content": reply})
+            print(f"TTFT: {last.time_to_first_token * 1000:.0f} ms ({last.prompt_tokens} new prompt tokens, "
+                  f"image encoded once) | generation: {last.generation_tokens} tokens, {last.generation_tps:.1f} tok/s",
+                  file=sys.stderr)
     return 0
 
 

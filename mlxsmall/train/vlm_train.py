@@ -7,7 +7,7 @@
 
 The vision tower is frozen in both stages, so each image is encoded (and pooled) once up front into a
 frozen feature table. Each image gets its own block of token ids past the vocabulary, one id per image
-token; the model the trainer sees (`FeatureTableVLM`) embeds those ids as projected table rows. The
+token; the model the trainer sees (`models.vlm.ImageTokenTable`) embeds those ids as projected table rows. The
 batches are then plain token batches, so the shared Trainer's compiled step, gradient accumulation,
 checkpoints / exact resume and data parallelism all apply unchanged.
 """
@@ -18,11 +18,11 @@ from pathlib import Path
 from typing import Callable, List, Optional, Sequence
 
 import mlx.core as mx
-import mlx.nn as nn
 from mlx.utils import tree_unflatten
 
 from .. import events
 from ..errors import MlxsmallError
+from ..models.vlm import ImageTokenTable
 from ..vlm import IMAGE_PLACEHOLDER, load_image, tokenize_with_images
 
 STAGES = ("projector", "finetune")
@@ -130,33 +130,6 @@ def image_key(sample: dict):
     return image if isinstance(image, str) else id(image)
 
 
-class FeatureTableVLM(nn.Module):
-    """The VLM as the shared trainer sees it: a token model. Ids from ``first_image_id`` on index rows of a
-    frozen table of (pooled) vision features, which go through the trainable projector; the rest are text."""
-
-    def __init__(self, vlm, table: mx.array, first_image_id: int):
-        super().__init__()
-        self.vlm = vlm
-        self.image_table = table
-        self.first_image_id = first_image_id
-
-    def __call__(self, inputs, cache=None):
-        is_image = inputs >= self.first_image_id
-        text = self.vlm.language_model.model.embed_tokens(mx.where(is_image, 0, inputs))
-        rows = self.image_table[mx.where(is_image, inputs - self.first_image_id, 0)]
-        image = self.vlm.multi_modal_projector.project(rows).astype(text.dtype)
-        embeddings = mx.where(is_image[..., None], image, text)
-        return self.vlm.language_model(inputs, cache=cache, input_embeddings=embeddings)
-
-    @property
-    def layers(self):
-        return self.vlm.language_model.layers
-
-    @property
-    def args(self):
-        return self.vlm.language_model.args
-
-
 def build_examples(tokenizer, samples: Sequence[dict], model, image_rows: dict, first_image_id: int):
     """``(tokens, prompt_length)`` examples for the shared trainer: one per assistant turn (the
     conversation before it is the unscored prompt); image placeholders become table ids."""
@@ -234,7 +207,7 @@ def train_vlm(model, tokenizer, processor, samples: Sequence[dict], config: Trai
     stream = BatchStream(examples, batch_size=config.batch_size, max_length=config.max_length,
                          seed=config.seed, pad_id=pad_id)
     prepare_trainable(model, config)
-    net = FeatureTableVLM(model, table, first_image_id)
+    net = ImageTokenTable(model, table, first_image_id, project=True)
     net.freeze(recurse=False, keys=["image_table"])
     loop = LoopConfig(steps=config.steps, batch_size=config.batch_size, grad_accumulation=config.grad_accumulation,
                       learning_rate=config.learning_rate, min_learning_rate=config.learning_rate * 0.05,
