@@ -368,3 +368,27 @@ def test_image_processor_resize_crop_normalise():
     np.testing.assert_allclose(pixels[0, :, :, 2], -2.0, atol=1e-5)
     squash = ImageProcessor(16, [0.5] * 3, [0.5] * 3, center_crop=False)
     assert np.array(squash([image]))[0, :, 0, 2].mean() > 0.9  # blue kept at the left edge
+
+
+def test_load_image_from_a_url_served_locally(tmp_path):
+    import functools
+    import http.server
+    import threading
+
+    from mlxsmall.vlm import draw_shape, load_image
+
+    draw_shape("circle", "blue", 24).save(tmp_path / "c.png")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        assert load_image(f"{url}/c.png").size == (24, 24)
+        with pytest.raises(MlxsmallError, match="cannot download"):
+            load_image(f"{url}/missing.png")
+    finally:
+        server.shutdown()
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    with pytest.raises(MlxsmallError, match="not an image"):
+        load_image(tmp_path / "bad.png")
