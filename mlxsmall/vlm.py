@@ -290,8 +290,8 @@ def stream_generate_vlm(model, tokenizer, processor, prompt: str, images: Sequen
                         **options) -> Iterator[VisionGenerationStep]:
     """Stream an answer about ``images`` (paths, URLs or PIL images). ``options`` go to the one generation
     loop (max_tokens, temperature, top_p, seed, stop, ...). ``time_to_first_token`` counts the prompt
-    prefill only; ``image_encode_time`` is the vision tower + projector. Pass ``image_features`` (from an
-    earlier step's ``encoded.image_features``) to reuse an encoded image, e.g. in a chat."""
+    prefill only; ``image_encode_time`` is the vision tower + projector. Pass ``image_features`` (from
+    ``encode_images``) to reuse an encoded image; multi-turn chat: ``vision_chat_session``."""
     from .generation import stream_generate
 
     encoded = encode_prompt(model, tokenizer, processor, prompt, images, chat=chat, formatted=formatted,
