@@ -79,8 +79,9 @@ def test_cli_train_writes_a_loadable_model(tmp_path, tiny_config, tiny_tokenizer
     save_vlm(tmp_path / "vlm", model, config, tokenizer_src_dir=tmp_path / "tokenizer")
     train = ["vlm", "train", str(tmp_path / "vlm"), "--data", str(tmp_path / "data.jsonl"), "--stage", "finetune",
              "--batch-size", "4", "-o", str(tmp_path / "out")]
-    assert main(train + ["--steps", "2"]) == 0
-    assert "loss" in capsys.readouterr().err
+    assert main(train + ["--steps", "2", "--valid", str(tmp_path / "data.jsonl")]) == 0
+    out = capsys.readouterr()
+    assert "loss" in out.err and "validation loss:" in out.out
     log = [json.loads(l) for l in (tmp_path / "out.run" / "train_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log if r["phase"] == "step"] == [1, 2]
     assert main(train + ["--steps", "3"]) == 2  # a second run must not silently overwrite the first

@@ -75,6 +75,7 @@ def register(subparsers):
                            "The vision tower stays frozen.")
     train.add_argument("model", help="VLM directory")
     train.add_argument("--data", required=True, help="JSON list or JSONL of samples")
+    train.add_argument("--valid", help="held-out samples (same format): validation loss before and after")
     train.add_argument("-o", "--output", required=True, help="where to write the trained VLM")
     train.add_argument("--stage", choices=["projector", "finetune"], default="projector")
     train.add_argument("--steps", type=int, default=200)
@@ -244,8 +245,11 @@ def run_train(args):
             bar.update(task, completed=record["step"], status=f"loss {record['loss']:.4f}  "
                        f"lr {record['learning_rate']:.2e}  {record['tokens_per_second']:.0f} tok/s")
 
-        train_vlm(model, tokenizer, processor, samples, train_config, on_step=show, output_dir=run_dir,
-                  resume=args.resume, force=args.force)
+        history = train_vlm(model, tokenizer, processor, samples, train_config, on_step=show,
+                            valid_samples=read_samples(args.valid) if args.valid else (), output_dir=run_dir,
+                            resume=args.resume, force=args.force)
+    if history and history[-1].get("phase") == "eval":
+        print(f"validation loss: {history[-1]['initial_val_loss']:.4f} -> {history[-1]['val_loss']:.4f}")
     config.pop("quantization", None)  # loaded dequantized as fp32 on CPU; saved dense
     config.pop("quantization_config", None)
     overwrite = args.force or args.resume

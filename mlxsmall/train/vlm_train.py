@@ -174,10 +174,11 @@ def fuse_lora(model):
 
 
 def train_vlm(model, tokenizer, processor, samples: Sequence[dict], config: TrainConfig, *,
-              output_dir=None, resume: bool = False, force: bool = False,
+              valid_samples: Sequence[dict] = (), output_dir=None, resume: bool = False, force: bool = False,
               on_step: Optional[Callable[[dict], None]] = None) -> List[dict]:
     """Train ``model`` in place on ``samples``; returns the step records (also on the metrics feed).
 
+    ``valid_samples`` give the trainer's validation loss (at the start and the end, in the log).
     ``output_dir`` keeps the shared trainer's ``train_log.jsonl`` and ``checkpoints/``; ``resume``
     continues from its latest checkpoint (same data, same settings)."""
     from . import checkpoint as ckpt
@@ -191,7 +192,7 @@ def train_vlm(model, tokenizer, processor, samples: Sequence[dict], config: Trai
         raise MlxsmallError("no training samples")
     resume_from = ckpt.prepare_run_directory(Path(output_dir), resume=resume, force=force) if output_dir else None
     mx.random.seed(config.seed)
-    sources = {image_key(s): s["image"] for s in samples if "image" in s}
+    sources = {image_key(s): s["image"] for s in list(samples) + list(valid_samples) if "image" in s}
     features = encode_images(model, processor, sources)
     image_rows = {key: row for row, key in enumerate(features)}
     if features:
@@ -206,6 +207,9 @@ def train_vlm(model, tokenizer, processor, samples: Sequence[dict], config: Trai
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     stream = BatchStream(examples, batch_size=config.batch_size, max_length=config.max_length,
                          seed=config.seed, pad_id=pad_id)
+    valid = build_examples(tokenizer, valid_samples, model, image_rows, first_image_id) if valid_samples else []
+    valid_stream = (BatchStream(valid, batch_size=min(config.batch_size, len(valid)), max_length=config.max_length,
+                                pad_id=pad_id, shuffle=False) if valid else None)
     prepare_trainable(model, config)
     net = ImageTokenTable(model, table, first_image_id, project=True)
     net.freeze(recurse=False, keys=["image_table"])
@@ -225,10 +229,14 @@ def train_vlm(model, tokenizer, processor, samples: Sequence[dict], config: Trai
 
     unsubscribe = events.subscribe(collect)
     try:
-        Trainer(net, stream, loop, output_dir=output_dir).train(resume_from=resume_from)
+        trainer = Trainer(net, stream, loop, valid_stream=valid_stream, output_dir=output_dir)
+        trainer.train(resume_from=resume_from)
     finally:
         unsubscribe()
     if config.stage == "finetune" and config.lora_rank:
         fuse_lora(model)
     model.unfreeze()
+    if valid_stream is not None:
+        history.append({"phase": "eval", "initial_val_loss": trainer.initial_val_loss,
+                        "val_loss": trainer.last_val_loss, "stage": config.stage})
     return history
