@@ -105,13 +105,15 @@ def tokenize_with_images(tokenizer, text: str, image_token_index: int, num_image
     The text around the placeholders is tokenized piece by piece, so the tokenizer never needs to know
     the placeholder (it may lie outside the vocabulary)."""
     ids = []
+    bos = getattr(tokenizer, "bos_token", None)
     for index, piece in enumerate(text.split(IMAGE_PLACEHOLDER)):
         if index:
             ids.extend([image_token_index] * num_image_tokens)
         if piece:
-            ids.extend(tokenizer.encode(piece, add_special_tokens=(index == 0)))
-        elif index == 0 and getattr(tokenizer, "bos_token_id", None) is not None \
-                and getattr(tokenizer, "bos_token", None):
+            # Special tokens (BOS) once, at the start, unless a chat template already wrote the BOS text.
+            special = index == 0 and not (bos and piece.startswith(bos))
+            ids.extend(tokenizer.encode(piece, add_special_tokens=special))
+        elif index == 0 and bos and getattr(tokenizer, "bos_token_id", None) is not None:
             ids.append(tokenizer.bos_token_id)
     return ids
 

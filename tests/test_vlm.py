@@ -392,3 +392,19 @@ def test_load_image_from_a_url_served_locally(tmp_path):
     (tmp_path / "bad.png").write_bytes(b"not an image")
     with pytest.raises(MlxsmallError, match="not an image"):
         load_image(tmp_path / "bad.png")
+
+
+def test_prompt_tokens_keep_one_bos():
+    from mlxsmall.vlm import tokenize_with_images
+
+    class Tokenizer:  # a BOS-adding tokenizer (LLaMA SentencePiece style)
+        bos_token, bos_token_id = "<s>", 1
+
+        def encode(self, text, add_special_tokens=True):
+            body = [ord(c) for c in text.replace("<s>", "\x01")]
+            return ([1] if add_special_tokens else []) + body
+
+    tok = Tokenizer()
+    assert tokenize_with_images(tok, "<image>\nHi", 999, 2) == [1, 999, 999, 10, 72, 105]
+    assert tokenize_with_images(tok, "Q <image>", 999, 2) == [1, 81, 32, 999, 999]
+    assert tokenize_with_images(tok, "<s>[INST] <image>", 999, 1)[:2] == [1, ord("[")]  # template wrote BOS
