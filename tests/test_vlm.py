@@ -291,6 +291,12 @@ def test_build_from_hf_tower_and_cli_generate(tmp_path, make_tiny_model, capsys)
     assert "image encode:" in err and "(4 image tokens)" in err and "TTFT" in err
     assert main(["vlm", "generate", str(tmp_path / "vlm"), "--image", str(tmp_path / "nope.png"), "-p", "x"]) == 2
     assert "nope.png: no such image file" in capsys.readouterr().err
+    # The top-level commands route images and VLM directories to `mlxsmall vlm`.
+    assert main(["generate", str(tmp_path / "vlm"), "--image", str(tmp_path / "square.png"),
+                 "-p", "Describe the image.", "-m", "4"]) == 0
+    assert "(4 image tokens)" in capsys.readouterr().err
+    assert main(["generate", str(lm), "--image", str(tmp_path / "square.png"), "-p", "x"]) == 2
+    assert "--image needs a vision-language model" in capsys.readouterr().err
 
 
 def test_build_with_siglip_tower_and_quantized_lm(tmp_path, make_tiny_model):

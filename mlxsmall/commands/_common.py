@@ -22,6 +22,25 @@ def add_model_argument(parser, required=False):
     )
 
 
+def add_image_argument(parser):
+    parser.add_argument("-i", "--image", action="append", default=[], metavar="PATH_OR_URL",
+                        help="image file or URL for a vision-language model (repeatable; see `mlxsmall vlm`)")
+
+
+def vision_language_route(args) -> bool:
+    """True when the request belongs to `mlxsmall vlm` (an image, or a VLM directory)."""
+    from ..errors import MlxsmallError
+    from ..vlm import is_vlm_model
+
+    is_vlm = bool(args.model) and is_vlm_model(args.model)
+    if args.image and not is_vlm:
+        raise MlxsmallError(
+            f"--image needs a vision-language model; {args.model or 'the default model'} is text-only "
+            "(build one with `mlxsmall vlm build --vision TOWER --lm MODEL -o DIR`)"
+        )
+    return is_vlm
+
+
 def add_sampling_arguments(parser):
     group = parser.add_argument_group("sampling")
     group.add_argument("-m", "--max-tokens", type=int, default=256, help="tokens to generate (default 256)")

@@ -3,7 +3,10 @@
 import argparse
 import sys
 
-from ._common import add_model_argument, add_sampling_arguments, load_for_run, sampling_kwargs
+from ._common import (
+    add_image_argument, add_model_argument, add_sampling_arguments, load_for_run, sampling_kwargs,
+    vision_language_route,
+)
 
 EPILOG = """\
 in the chat:
@@ -14,6 +17,7 @@ examples:
   mlxsmall chat                          # offline default model
   mlxsmall chat mobillama-q4             # downloads, converts, quantizes, caches once
   mlxsmall chat ./my-model --system "You are terse." --temp 0.7
+  mlxsmall chat ./my-vlm --image photo.jpg   # vision-language model (see `mlxsmall vlm`)
 """
 
 
@@ -30,6 +34,7 @@ def register(subparsers):
                         "User:/Assistant: transcript for models without one)")
     parser.add_argument("--context", type=int, default=None,
                         help="context length in tokens (default: the model's max_position_embeddings)")
+    add_image_argument(parser)
     add_sampling_arguments(parser)
     parser.set_defaults(func=run, max_tokens=512)
 
@@ -38,6 +43,10 @@ def run(args):
     from ..chat import ChatSession
     from ..loading import read_config, stop_strings
 
+    if vision_language_route(args):
+        from .vlm import run_chat
+
+        return run_chat(args)
     model, tokenizer, path = load_for_run(args)
     config = read_config(path)
     context = args.context or config.get("max_position_embeddings") or 2048

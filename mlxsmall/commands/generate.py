@@ -2,13 +2,17 @@
 
 import sys
 
-from ._common import add_model_argument, add_sampling_arguments, load_for_run, sampling_kwargs
+from ._common import (
+    add_image_argument, add_model_argument, add_sampling_arguments, load_for_run, sampling_kwargs,
+    vision_language_route,
+)
 
 EPILOG = """\
 examples:
   mlxsmall generate -p "The capital of France is"
   mlxsmall generate mobillama-q4 -p "Write a haiku about the sea" --temp 0.7 --seed 1
   mlxsmall generate ./my-model -p "def fib(n):" --stop "\\n\\n" -m 64
+  mlxsmall generate ./my-vlm --image photo.jpg -p "What colour is the car?"
   echo "Once upon a time" | mlxsmall generate -p -
 """
 
@@ -23,6 +27,7 @@ def register(subparsers):
     parser.add_argument("-p", "--prompt", required=True, help="prompt text, or - to read stdin")
     parser.add_argument("--chat", action="store_true",
                         help="wrap the prompt in the model's chat template as one user turn")
+    add_image_argument(parser)
     add_sampling_arguments(parser)
     verbosity = parser.add_mutually_exclusive_group()
     verbosity.add_argument("-v", "--verbose", action="store_true", help="also print the model path and settings")
@@ -34,6 +39,11 @@ def run(args):
     from ..generation import stream_generate
     from ..loading import stop_strings
 
+    if vision_language_route(args):
+        from .vlm import run_generate
+
+        args.no_chat = False
+        return run_generate(args)
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
     model, tokenizer, path = load_for_run(args)
     if args.verbose:
