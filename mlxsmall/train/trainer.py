@@ -254,15 +254,23 @@ class Trainer:
                 grads = tree_map(mx.add, grads, accumulated)
             return loss, grads
 
-        @partial(mx.compile, inputs=state, outputs=state)
-        def apply(grads):
+        def update(grads):
             if world_size > 1:
                 grads = tree_map(lambda g: mx.distributed.all_sum(g, group=group), grads)
             if max_grad_norm > 0:
                 grads, _ = optim.clip_grad_norm(grads, max_grad_norm)
             optimizer.update(model, grads)
 
-        return micro_step, apply, state
+        apply = partial(mx.compile, inputs=state, outputs=state)(update)
+
+        @partial(mx.compile, inputs=state, outputs=state)
+        def whole_step(inputs, targets, mask, normalizer):
+            # no accumulation: gradient and update in one graph, as mlx-lm's trainer does
+            loss, grads = value_and_grad(model, inputs, targets, mask, normalizer)
+            update(grads)
+            return loss
+
+        return micro_step, apply, whole_step, state
 
     def train(self, resume_from: Optional[Path] = None):
         config = self.config
@@ -272,7 +280,7 @@ class Trainer:
             use_grad_checkpointing(self.model)
         self.model.train()
         self.optimizer.init(self.model.trainable_parameters())
-        micro_step, apply, state = self.build_step()
+        micro_step, apply, whole_step, state = self.build_step()
 
         if self.step == 0:
             self.last_val_loss = self.initial_val_loss = self.evaluate()
@@ -289,13 +297,16 @@ class Trainer:
             mx.random.seed(config.seed * 1_000_003 + self.step)
             batches = self.global_batches(self.step)
             normalizer = mx.array(float(max(sum(b.num_tokens for b in batches), 1)))
-            grads, loss = None, mx.array(0.0)
-            for batch in batches:
-                shard = batch.shard(self.rank, self.world_size)
-                micro_loss, grads = micro_step(mx.array(shard.inputs), mx.array(shard.targets),
-                                               mx.array(shard.mask), normalizer, grads)
-                loss = loss + micro_loss
-            apply(grads)
+            shards = [b.shard(self.rank, self.world_size) for b in batches]
+            arrays = [(mx.array(s.inputs), mx.array(s.targets), mx.array(s.mask)) for s in shards]
+            if len(arrays) == 1:
+                loss = whole_step(*arrays[0], normalizer)
+            else:
+                grads, loss = None, mx.array(0.0)
+                for inputs, targets, mask in arrays:
+                    micro_loss, grads = micro_step(inputs, targets, mask, normalizer, grads)
+                    loss = loss + micro_loss
+                apply(grads)
             if self.world_size > 1:
                 loss = mx.distributed.all_sum(loss, group=self.group, stream=mx.cpu)
             mx.eval(state, loss)
