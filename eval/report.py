@@ -60,6 +60,21 @@ def headline_metric(result: dict) -> Optional[str]:
     return next(iter(result["metrics"]), None)
 
 
+# The MobileLLM paper's headline: the average over its eight zero-shot commonsense tasks.
+GROUP_AVERAGES = {"commonsense": ["arc_easy", "arc_challenge", "boolq", "piqa", "siqa", "hellaswag", "openbookqa",
+                                  "winogrande"]}
+
+
+def group_average(run: dict, members: Sequence[str], metric: str) -> Optional[float]:
+    values = [run["tasks"][t]["metrics"].get(metric) for t in members]
+    return None if any(v is None for v in values) else sum(values) / len(values)
+
+
+def x_bits(run: dict) -> Optional[float]:
+    """Measured bits per weight when known (q4 with group 32 costs 5, with 64 costs 4.5), else nominal."""
+    return run.get("bits_per_weight") or run.get("bits")
+
+
 def eval_markdown(runs: Sequence[dict]) -> str:
     """One row per task metric, one column per model variant. Rates are percentages."""
     labels = [run["label"] for run in runs]
@@ -79,6 +94,11 @@ def eval_markdown(runs: Sequence[dict]) -> str:
             for run in runs
         ]
         rows.append([f"{task} (n={n})", f"{metric}{unit}{arrow}"] + cells)
+    for group, members in GROUP_AVERAGES.items():
+        if all(all(t in run["tasks"] for t in members) for run in runs):
+            for metric in ("acc", "acc_norm"):
+                cells = [format_value(group_average(run, members, metric), metric) for run in runs]
+                rows.append([f"{group} average ({len(members)} tasks)", f"{metric} %"] + cells)
     header = ["task", "metric"] + labels
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * len(header)) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
@@ -174,7 +194,7 @@ def _save(fig, path: Path) -> Path:
 
 def plot_quality_vs_bits(runs: Sequence[dict], path: Path) -> Optional[Path]:
     """Headline metric per task against bits per weight (variants without a bit width are skipped)."""
-    points = [run for run in runs if run.get("bits") is not None]
+    points = [run for run in runs if x_bits(run) is not None]
     if not points:
         return None
     plt = _pyplot()
@@ -183,7 +203,7 @@ def plot_quality_vs_bits(runs: Sequence[dict], path: Path) -> Optional[Path]:
     for run in points:
         tasks += [t for t in run["tasks"] if t not in tasks]
     for task in tasks:
-        series = [(run["bits"], run["tasks"][task]) for run in points if task in run["tasks"]]
+        series = [(x_bits(run), run["tasks"][task]) for run in points if task in run["tasks"]]
         metric = headline_metric(series[0][1])
         if metric is None:
             continue
@@ -193,14 +213,21 @@ def plot_quality_vs_bits(runs: Sequence[dict], path: Path) -> Optional[Path]:
         scale = 1 if metric in LOWER_IS_BETTER else 100
         order = sorted(range(len(xs)), key=lambda i: xs[i])
         marker = "os^vDP*X"[len(axis.lines) // 10 % 8]
-        axis.plot([xs[i] for i in order], [ys[i] * scale for i in order], marker=marker, label=f"{task} ({metric})")
+        axis.plot([xs[i] for i in order], [ys[i] * scale for i in order], marker=marker, label=f"{task} ({metric})",
+                  alpha=0.55 if axis is left else 1.0, linewidth=1.2)
+    for group, members in GROUP_AVERAGES.items():
+        series = sorted((x_bits(run), group_average(run, members, "acc")) for run in points
+                        if all(t in run["tasks"] for t in members))
+        if series:
+            left.plot([x for x, _ in series], [100 * y for _, y in series], color="black", linewidth=2.5,
+                      marker="o", label=f"{group} average (acc)")
     left.set_title("quality vs bits (higher is better)")
     left.set_ylabel("score %")
     right.set_title("perplexity vs bits (lower is better)")
     right.set_ylabel("perplexity")
-    ticks = sorted({run["bits"] for run in points})
+    ticks = sorted({round(x_bits(run), 2) for run in points})
     for axis in (left, right):
-        axis.set_xlabel("bits per weight (nominal)")
+        axis.set_xlabel("bits per weight")
         axis.set_xscale("log", base=2)
         axis.set_xticks(ticks, [f"{t:g}" for t in ticks])
         axis.minorticks_off()

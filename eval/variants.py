@@ -70,7 +70,8 @@ def nominal_bits(precision: Optional[str], config: Optional[dict] = None) -> Opt
 
 
 def load_variant(variant: Variant, *, dequantize_after: bool = False) -> Tuple[object, object, dict]:
-    """``(model, tokenizer, config)`` for a variant.
+    """``(model, tokenizer, config)`` for a variant; ``config["bits_per_weight"]`` is measured
+    on the variant's weights as deployed (before any expansion for speed).
 
     ``dequantize_after`` turns freshly quantized weights back into dense fp32 ones: the
     same function (the weights are the quantized values) but MLX's dense CPU path is
@@ -80,14 +81,17 @@ def load_variant(variant: Variant, *, dequantize_after: bool = False) -> Tuple[o
     from mlx_lm.utils import dequantize_model
 
     from mlxsmall.loading import cast_floating, load_model, load_tokenizer, resolve_model_path
-    from mlxsmall.quantize import quantize_model
+    from mlxsmall.quantize import bits_per_weight, quantize_model
 
     model_dir = resolve_model_path(variant.model)
     precision = variant.precision
     if precision is None:
-        model, config = load_model(model_dir, dequantize=dequantize_after)
+        model, config = load_model(model_dir, lazy=True)
+        config = dict(config, bits_per_weight=bits_per_weight(model))
         if dequantize_after:
+            dequantize_model(model)
             cast_floating(model, "float32")
+        mx.eval(model.parameters())
         return model, load_tokenizer(model_dir), config
 
     model, config = load_model(model_dir, dequantize=True, lazy=True)
@@ -104,8 +108,11 @@ def load_variant(variant: Variant, *, dequantize_after: bool = False) -> Tuple[o
             config = quantize_model(model, config, bits=bits, group_size=group)
         else:
             config = quantize_model(model, config, bits=RECIPE_BITS[precision], recipe=precision)
+        # Measured before any expansion: what the variant costs when deployed quantized.
+        config["bits_per_weight"] = bits_per_weight(model)
         if dequantize_after:
             dequantize_model(model)
             cast_floating(model, "float32")
     mx.eval(model.parameters())
+    config.setdefault("bits_per_weight", bits_per_weight(model))
     return model, load_tokenizer(model_dir), config
