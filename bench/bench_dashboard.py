@@ -32,25 +32,59 @@ import mlxsmall  # noqa: F401  (loads OpenBLAS before MLX on Linux)
 PROMPT = "Once upon a time, in a small village by the sea, there lived an old fisherman who"
 
 
+class DecodeCpu:
+    """Process CPU seconds (all threads: MLX, BLAS, and the UI when there is one) per decoded
+    token, from the first token to the last, read off the generation events. Under CPU
+    contention wall-clock tok/s swings wildly; CPU per token barely moves, and on a machine
+    whose cores generation saturates, tok/s scales with its inverse."""
+
+    def __init__(self):
+        from mlxsmall import events
+
+        self.first = self.per_token = None
+        self.unsubscribe = events.subscribe(self.on_event)
+
+    def on_event(self, event):
+        if event.kind != "generation":
+            return
+        tokens = event.get("generation_tokens", 0)
+        if tokens == 1 and event.get("phase") == "token":
+            self.first = time.process_time()
+        elif event.get("phase") == "done" and self.first is not None and tokens > 1:
+            self.per_token = (time.process_time() - self.first) / (tokens - 1)
+
+    def close(self):
+        self.unsubscribe()
+        return self.per_token
+
+
 def plain_generate(model: str, prompt: str, tokens: int) -> dict:
     from mlxsmall.cli import main
 
     out, err = io.StringIO(), io.StringIO()
+    cpu = DecodeCpu()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         code = main(["generate", model, "-p", prompt, "-m", str(tokens)])
+    cpu_per_token = cpu.close()
     stats = re.search(r"generation: (\d+) tokens, ([\d.]+) tok/s", err.getvalue())
     if code != 0 or stats is None:
         raise SystemExit(f"mlxsmall generate failed ({code}): {err.getvalue().strip()}")
-    return {"tokens": int(stats.group(1)), "tps": float(stats.group(2)), "text": out.getvalue().strip()}
+    return {"tokens": int(stats.group(1)), "tps": float(stats.group(2)), "text": out.getvalue().strip(),
+            "cpu_per_token": cpu_per_token}
 
 
 def dashboard_generate(model: str, prompt: str, tokens: int) -> dict:
     from mlxsmall.tui.app import DashboardApp
 
     async def scenario():
+        cpu = DecodeCpu()
         app = DashboardApp(model, chat=False, max_tokens=tokens)
         async with app.run_test(size=(80, 24)) as pilot:
             while app.session is None or app.busy:
+                if app.busy is None and app.session is None:
+                    from mlxsmall.tui.widgets import ModelPanel
+
+                    raise SystemExit(f"dashboard could not load the model: {app.query_one(ModelPanel).render()}")
                 await asyncio.sleep(0.25)
             app.query_one("#prompt").value = prompt
             ui_cpu, all_cpu = time.thread_time(), time.process_time()  # this thread is the UI's
@@ -62,7 +96,7 @@ def dashboard_generate(model: str, prompt: str, tokens: int) -> dict:
             request = app.metrics.requests[-1]
             text = app.metrics.text
         return {"tokens": request.generation_tokens, "tps": request.generation_tps, "text": text.strip(),
-                "ui_cpu_share": ui_cpu / all_cpu if all_cpu > 0 else None}
+                "ui_cpu_share": ui_cpu / all_cpu if all_cpu > 0 else None, "cpu_per_token": cpu.close()}
 
     return asyncio.run(scenario())
 
@@ -92,7 +126,8 @@ def main(argv=None):
             runs[name].append(result)
             share = result.get("ui_cpu_share")
             print(f"round {round_ + 1} {name:9s} {result['tokens']:4d} tokens {result['tps']:7.2f} tok/s"
-                  + (f"   UI thread {100 * share:.1f}% of process CPU" if share is not None else ""),
+                  f"  {1000 * result['cpu_per_token']:6.1f} CPU-ms/token"
+                  + (f"  UI thread {100 * share:.1f}% of process CPU" if share is not None else ""),
                   file=sys.stderr)
 
     if runs["generate"][0]["text"] != runs["dashboard"][0]["text"]:
@@ -100,16 +135,21 @@ def main(argv=None):
     median = {name: statistics.median(r["tps"] for r in results) for name, results in runs.items()}
     ratio = median["dashboard"] / median["generate"]
     share = statistics.median(r["ui_cpu_share"] for r in runs["dashboard"])
+    cpu = {name: statistics.median(r["cpu_per_token"] for r in results) for name, results in runs.items()}
     print(f"\nmedian generation tok/s: generate {median['generate']:.2f}, dashboard {median['dashboard']:.2f}"
           f"  ->  dashboard/generate = {ratio:.3f}x (target >= 0.95x)")
     # Load-independent view of the cost: the share of CPU the UI thread took while generating.
     # When generation saturates the cores, the slowdown is about this share.
     print(f"UI thread share of process CPU during dashboard generation: {100 * share:.1f}% (median)")
+    print(f"median CPU per decoded token: generate {1000 * cpu['generate']:.1f} ms, dashboard "
+          f"{1000 * cpu['dashboard']:.1f} ms  ->  CPU-bound tok/s ratio = {cpu['generate'] / cpu['dashboard']:.3f}x")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"model": args.model, "tokens": args.tokens, "prompt": args.prompt,
-                       "runs": {k: [{"tokens": r["tokens"], "tps": r["tps"]} for r in v] for k, v in runs.items()},
+                       "runs": {k: [{key: r.get(key) for key in ("tokens", "tps", "cpu_per_token", "ui_cpu_share")}
+                                    for r in v] for k, v in runs.items()},
                        "median_tps": median, "ratio": ratio, "ui_cpu_share": share,
+                       "median_cpu_per_token_s": cpu, "cpu_ratio": cpu["generate"] / cpu["dashboard"],
                        "time": time.time()}, f, indent=2)
     return 0
 

@@ -187,3 +187,18 @@ def test_load_failure_is_one_line_in_the_model_panel(tmp_path):
             assert "\n" not in text.strip()
 
     asyncio.run(scenario())
+
+
+def test_raw_mode_completes_the_prompt_without_a_chat_template(tiny_llama):
+    async def scenario():
+        app = make_app(tiny_llama, chat=False, max_tokens=6)
+        async with app.run_test(size=SIZE) as pilot:
+            await load(pilot, app)
+            await pilot.click("#prompt")
+            await pilot.press(*"abc", "enter")
+            await wait_for(pilot, lambda: app.busy is None and app.metrics.requests, "the completion")
+            prompt_tokens = len(app.tokenizer.encode("abc"))
+            assert app.metrics.prompt_tokens == prompt_tokens  # no template around it
+            assert app.metrics.generation_tokens == 6
+
+    asyncio.run(scenario())

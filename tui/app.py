@@ -79,6 +79,7 @@ class DashboardApp(App):
         max_tokens: int = 256,
         chat: bool = True,
         sampling: Optional[dict] = None,
+        stop=(),
         bench_config: bench_lib.BenchConfig = bench_lib.BenchConfig(),
         export_dir=".",
         meter: Optional[PowerMeter] = None,
@@ -90,6 +91,7 @@ class DashboardApp(App):
         self.max_tokens = max_tokens
         self.chat_mode = chat
         self.sampling = sampling or {}
+        self.stop = tuple(stop)  # raw mode only; chat mode stops where the template says
         self.bench_config = bench_config
         self.export_dir = Path(export_dir)
         self.meter = meter
@@ -218,7 +220,7 @@ class DashboardApp(App):
             steps = self.session.send(prompt, **self.sampling)
         else:
             steps = stream_generate(self.model, self.tokenizer, prompt, max_tokens=self.max_tokens,
-                                    **self.sampling)
+                                    stop=self.stop, **self.sampling)
         window, last, cancelled = None, None, False
         last_memory = time.perf_counter()
         try:

@@ -126,7 +126,7 @@ def run(args):
 
     run_dashboard(
         path, dtype=args.dtype, max_tokens=args.max_tokens, chat=not args.raw,
-        sampling=sampling_kwargs(args), bench_config=config, export_dir=args.export_dir,
+        sampling=sampling_kwargs(args), stop=args.stop, bench_config=config, export_dir=args.export_dir,
         theme="textual-light" if args.light else "textual-dark",
     )
     return 0
