@@ -34,6 +34,9 @@ class ChatSession:
     notices: List[str] = field(default_factory=list)
 
     def __post_init__(self):
+        if self.max_tokens >= self.context_length:
+            # Leave room for the conversation: answers get at most half the context.
+            self.max_tokens = self.context_length // 2
         self.reset()
 
     def reset(self):

@@ -102,6 +102,13 @@ def test_chat_context_overflow_drops_oldest_turns(make_tiny_model):
     assert any("too long" in n for n in session.notices)
 
 
+def test_chat_answer_budget_never_exceeds_the_context(make_tiny_model):
+    model, tokenizer = load(make_tiny_model("mobilellm"))
+    session = ChatSession(model, tokenizer, context_length=64, max_tokens=5000)
+    assert session.max_tokens == 32
+    assert len(list(session.send("Hello"))) >= 1
+
+
 def test_chat_interrupted_answer_keeps_the_session_usable(make_tiny_model):
     model, tokenizer = load(make_tiny_model("mobilellm"))
     session = ChatSession(model, tokenizer, context_length=256, max_tokens=8)
