@@ -76,11 +76,16 @@ def run(args):
         def on_run(name):
             status.update(f"{state['variant']}: {name} done")
 
+        done = []
+
         def on_row(row):
             console.print(f"{row['label']}: TTFT {row['ttft_ms_mean']:.0f} ± {row['ttft_ms_std']:.0f} ms, "
                           f"prompt {row['prompt_tps_mean']:.1f} ± {row['prompt_tps_std']:.1f} tok/s, "
                           f"generation {row['generation_tps_mean']:.1f} ± {row['generation_tps_std']:.1f} tok/s, "
                           f"peak {row['peak_memory_gb'] * 1000:.0f} MB")
+            if args.output:  # keep finished variants if a long sweep is interrupted
+                done.append(row)
+                write_json(Path(args.output), {"options": options_dict(options), "rows": done, "partial": True})
 
         rows = bench_variants(variants, options, meter=meter, on_variant=on_variant, on_run=on_run, on_row=on_row)
 
