@@ -11,7 +11,7 @@ mlx-lm's own llama in the same process, between our runs, and reports ratios.
 import gc
 import platform
 import statistics
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Callable, Dict, List, Optional, Sequence
 
 import mlx.core as mx

@@ -9,7 +9,7 @@ import math
 import os
 import tempfile
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import List, Optional, Sequence
 
 # Metrics where lower is better, so a reader of the table knows which way is good.
 LOWER_IS_BETTER = {"perplexity", "word_perplexity", "bits_per_byte", "over_refusal_rate"}

@@ -63,7 +63,7 @@ def register(subparsers):
 def run(args):
     from mlxsmall.errors import MlxsmallError
     from mlxsmall.eval.report import eval_markdown, plot_quality_vs_bits, write_atomic, write_json
-    from mlxsmall.eval.runner import EvalOptions, evaluate_variants, options_dict
+    from mlxsmall.eval.runner import EvalOptions, options_dict
     from mlxsmall.eval.tasks import resolve_tasks, text_file_task
     from mlxsmall.eval.variants import parse_variant
 
