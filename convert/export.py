@@ -10,15 +10,14 @@ which carry no information).
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Callable, Optional
 
 import mlx.core as mx
 from mlx.utils import tree_flatten
 
+from mlxsmall.atomic import atomic_directory
 from mlxsmall.errors import MlxsmallError
 
 from .tokenizer import COPIED_FILES
@@ -60,7 +59,7 @@ def export_hf(model_path, dst, *, dtype: Optional[str] = None, overwrite: bool =
     from mlxsmall.loading import load_model
 
     model_path, dst = Path(model_path), Path(dst)
-    if dst.exists() and not overwrite:
+    if dst.exists() and not overwrite:  # before the slow load; atomic_directory checks again
         raise MlxsmallError(f"{dst}: already exists (pass --force to replace it)")
     log(f"reading {model_path}")
     model, config = load_model(model_path, dtype=dtype, dequantize=True)
@@ -68,9 +67,7 @@ def export_hf(model_path, dst, *, dtype: Optional[str] = None, overwrite: bool =
     floats = [v.dtype for v in weights.values() if mx.issubdtype(v.dtype, mx.floating)]
     out_config = hf_config(config, max(set(floats), key=floats.count) if floats else mx.float32)
 
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".partial", dir=dst.parent))
-    try:
+    with atomic_directory(dst, overwrite=overwrite, action="export") as tmp:
         shards = make_shards(weights)
         names = (["model.safetensors"] if len(shards) == 1 else
                  [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))])
@@ -87,13 +84,4 @@ def export_hf(model_path, dst, *, dtype: Optional[str] = None, overwrite: bool =
         for name in COPIED_FILES:
             if (model_path / name).exists():
                 shutil.copy2(model_path / name, tmp / name)
-        if dst.exists():
-            shutil.rmtree(dst)
-        os.replace(tmp, dst)
-    except OSError as error:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise MlxsmallError(f"{dst}: could not export ({error.strerror or error})") from None
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return dst

@@ -6,10 +6,10 @@ never open a window.
 
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import List, Optional, Sequence
+
+from ..atomic import atomic_path, write_text_atomic
 
 # Metrics where lower is better, so a reader of the table knows which way is good.
 LOWER_IS_BETTER = {"perplexity", "word_perplexity", "bits_per_byte", "over_refusal_rate"}
@@ -20,18 +20,7 @@ HEADLINE = {"multiple_choice": "acc", "perplexity": "perplexity", "safety": "ref
 
 
 def write_atomic(path: Path, text: str) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
-            out.write(text)
-        os.replace(temp, path)
-    except BaseException:
-        if os.path.exists(temp):
-            os.unlink(temp)
-        raise
-    return path
+    return write_text_atomic(path, text)
 
 
 def write_json(path: Path, data: dict) -> Path:
@@ -179,17 +168,9 @@ def _pyplot():
 
 
 def _save(fig, path: Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
-    os.close(handle)
-    try:
+    with atomic_path(path) as temp:
         fig.savefig(temp, dpi=120, bbox_inches="tight")
-        os.replace(temp, path)
-    finally:
-        if os.path.exists(temp):
-            os.unlink(temp)
-    return path
+    return Path(path)
 
 
 def plot_quality_vs_bits(runs: Sequence[dict], path: Path) -> Optional[Path]:

@@ -9,9 +9,7 @@ one clear error line instead of a traceback from inside MLX.
 
 import dataclasses
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Optional, Tuple, Union
 
@@ -21,6 +19,7 @@ from mlx.utils import tree_flatten, tree_map
 from mlx_lm.utils import dequantize_model, load_model as mlx_lm_load_model, save_config
 from mlx_lm.utils import save_model as mlx_lm_save_weights
 
+from .atomic import atomic_directory
 from .convert.safetensors_io import read_header
 from .errors import MlxsmallError
 from .models import ARCHITECTURES, get_architecture
@@ -253,12 +252,7 @@ def save_model(
 
     An interrupted or failed save (Ctrl-C, full disk) leaves ``dst`` as it was.
     """
-    dst = Path(dst)
-    if dst.exists() and not overwrite:
-        raise MlxsmallError(f"{dst}: already exists (pass overwrite / --force to replace it)")
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".partial", dir=dst.parent))
-    try:
+    with atomic_directory(dst, overwrite=overwrite, action="save the model") as tmp:
         mlx_lm_save_weights(tmp, model)
         # keep_vision_config: mlx-lm drops vision_config by default; VLMs (mlxsmall.vlm) need it.
         save_config(dict(config), tmp / "config.json", keep_vision_config=True)
@@ -269,21 +263,7 @@ def save_model(
                 src = Path(tokenizer_src_dir) / name
                 if src.exists():
                     shutil.copy2(src, tmp / name)
-        if dst.exists():
-            old = dst.with_name(f".{dst.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(dst, old)
-            os.replace(tmp, dst)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, dst)
-    except OSError as error:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise MlxsmallError(f"{dst}: could not save the model ({error.strerror or error})") from None
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return dst
+    return Path(dst)
 
 
 # --------------------------------------------------------------------------- facts

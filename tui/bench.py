@@ -266,16 +266,12 @@ def to_markdown(report: BenchReport) -> str:
 
 def export(report: BenchReport, directory, stem: Optional[str] = None) -> List[Path]:
     """Write ``stem.json``, ``stem.csv`` and ``stem.md`` atomically; returns their paths."""
-    import os
+    from mlxsmall.atomic import write_text_atomic
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     stem = stem or time.strftime("bench-%Y%m%d-%H%M%S", time.localtime(report.created))
     paths = []
     for suffix, render in ((".json", to_json), (".csv", to_csv), (".md", to_markdown)):
-        path = directory / f"{stem}{suffix}"
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(render(report))
-        os.replace(tmp, path)
-        paths.append(path)
+        paths.append(write_text_atomic(directory / f"{stem}{suffix}", render(report)))
     return paths
