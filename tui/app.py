@@ -37,7 +37,7 @@ from .worker import Cancelled, MLXWorker
 # Redraw rate and memory sampling: often enough to watch tokens arrive, rarely enough that
 # the UI thread takes little CPU from generation (measured by bench/bench_dashboard.py).
 MEMORY_EVERY_S = 0.5
-REFRESH_EVERY_S = 0.25
+REFRESH_EVERY_S = 0.5
 
 
 class JobDone(Message):
