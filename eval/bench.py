@@ -177,7 +177,7 @@ def bench_baseline(model, config, tokenizer, ours: dict, options: BenchOptions, 
     if on_variant:
         on_variant(f"{ours['label']} baseline mlx-lm llama")
     try:
-        reference = to_mlx_lm_llama(model, config)
+        reference = to_mlx_lm_llama(model)
     except MlxsmallError as error:
         return {"name": "mlx-lm llama", "note": f"n/a ({error})"}
     theirs = bench_model(reference, tokenizer, options, meter, on_run)

@@ -64,11 +64,11 @@ def expanded_weights(model) -> dict:
     return out
 
 
-def to_mlx_lm_llama(model, config: dict = None) -> llama.Model:
+def to_mlx_lm_llama(model) -> llama.Model:
     """An mlx-lm ``llama.Model`` computing the same function with unshared weights.
 
     Quantized models expand to a llama quantized the same way (read from the
-    weights; ``config`` is accepted for symmetry and not needed). The arrays are
+    weights). The arrays are
     shared with ``model`` until ``materialize`` (each copy its own buffer).
     """
     reference = llama.Model(llama_args(model))

@@ -4,7 +4,6 @@ import subprocess
 import sys
 
 import mlx.core as mx
-import numpy as np
 import pytest
 
 from mlxsmall import events, generate, load, stream_generate
