@@ -59,6 +59,12 @@ def build_tiny_tokenizer(directory: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_corpus():
+    """The few sentences the tiny tokenizer was trained on (for tiny training runs)."""
+    return list(TRAINING_TEXT)
+
+
+@pytest.fixture(scope="session")
 def tiny_tokenizer_dir(tmp_path_factory) -> Path:
     return build_tiny_tokenizer(tmp_path_factory.mktemp("tokenizer"))
 

@@ -13,15 +13,6 @@ from mlxsmall.errors import MlxsmallError
 from mlxsmall.train.finetune import FinetuneSettings, finetune
 from mlxsmall.train.trainer import TrainConfig
 
-TRAINING_TEXT = [
-    "The capital of France is Paris. The capital of Italy is Rome.",
-    "Small language models run on phones, tablets and laptops.",
-    "MobileLLM is deep and thin; MobiLlama shares one feed-forward network.",
-    "Quantization stores weights in fewer bits: 8, 6, 4, 3 or 2.",
-    "Hello! How are you today? I am fine, thank you.",
-    "def add(a, b):\n    return a + b\n",
-    "SELECT name FROM users WHERE age > 30;",
-]
 FACTS = [
     ("What is the capital of France?", "The capital of France is Paris."),
     ("Where do small models run?", "Small language models run on phones."),
@@ -189,12 +180,12 @@ def test_grad_checkpointing_gives_the_same_weights(make_tiny_model, data_dir, tm
         finetune(str(make_tiny_model("mobilellm-ls")), str(data_dir), tmp_path / "ls", s)
 
 
-def test_pretrain_tiny_with_distillation(tiny_tokenizer_dir, make_tiny_model, tmp_path):
+def test_pretrain_tiny_with_distillation(tiny_tokenizer_dir, tiny_corpus, make_tiny_model, tmp_path):
     from mlxsmall.loading import load_model
     from mlxsmall.train.pretrain import PretrainSettings, pretrain
 
     corpus = tmp_path / "corpus.jsonl"
-    corpus.write_text("\n".join(json.dumps({"text": " ".join(TRAINING_TEXT[i:] + TRAINING_TEXT[:i])})
+    corpus.write_text("\n".join(json.dumps({"text": " ".join(tiny_corpus[i:] + tiny_corpus[:i])})
                                 for i in range(7)))
     train = TrainConfig(steps=8, batch_size=2, learning_rate=3e-3, warmup_steps=1, val_batches=1)
     teacher = make_tiny_model("llama")
@@ -207,13 +198,13 @@ def test_pretrain_tiny_with_distillation(tiny_tokenizer_dir, make_tiny_model, tm
     assert config["layer_sharing"] is True and config["vocab_size"] == 320
 
 
-def test_llama_sentencepiece_tokenizer_for_pretraining(tmp_path):
+def test_llama_sentencepiece_tokenizer_for_pretraining(tiny_corpus, tmp_path):
     import sentencepiece
 
     from mlxsmall.train.pretrain import load_text_tokenizer, model_config
 
     sentencepiece.SentencePieceTrainer.train(
-        sentence_iterator=iter(TRAINING_TEXT * 20), model_prefix=str(tmp_path / "tokenizer"),
+        sentence_iterator=iter(tiny_corpus * 20), model_prefix=str(tmp_path / "tokenizer"),
         vocab_size=100, bos_id=1, eos_id=2, unk_id=0, pad_id=-1, minloglevel=2)
     tokenizer = load_text_tokenizer(str(tmp_path))
     assert tokenizer.vocab_size == 100 and tokenizer.eos_token_id == 2
