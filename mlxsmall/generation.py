@@ -7,7 +7,7 @@ on the metrics feed (``mlxsmall.events``).
 """
 
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Iterator, List, Optional, Sequence, Union
 
 import mlx.core as mx
@@ -102,7 +102,6 @@ def stream_generate(
     start = time.perf_counter()
     first_token_time = None
     events.publish("generation", phase="start", prompt_tokens=len(tokens))
-    step = None
     for response in mlx_lm_stream_generate(
         model,
         tokenizer,
@@ -130,18 +129,7 @@ def stream_generate(
             peak_memory=response.peak_memory,
             finish_reason=finish,
         )
-        events.publish(
-            "generation",
-            phase="done" if finish else "token",
-            text=step.text,
-            prompt_tokens=step.prompt_tokens,
-            prompt_tps=step.prompt_tps,
-            generation_tokens=step.generation_tokens,
-            generation_tps=step.generation_tps,
-            time_to_first_token=step.time_to_first_token,
-            peak_memory=step.peak_memory,
-            finish_reason=finish,
-        )
+        events.publish("generation", phase="done" if finish else "token", **asdict(step))
         yield step
         if finish:
             return
