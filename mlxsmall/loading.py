@@ -206,10 +206,8 @@ def resolve_model_path(path_or_alias: Union[str, Path]) -> Path:
     path = Path(path_or_alias).expanduser()
     if path.is_dir():
         return path
-    try:
-        from . import hub
-    except ImportError:
-        raise MlxsmallError(f"{path_or_alias}: no such model directory") from None
+    from . import hub
+
     return hub.resolve_model(str(path_or_alias))
 
 
