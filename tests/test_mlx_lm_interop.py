@@ -1,0 +1,215 @@
+"""mlx-lm itself opens our MobileLLM/MobiLlama directories (through the generated
+``model_file``) and generates the same greedy tokens as mlxsmall.
+
+mlx-lm runs in a subprocess with a clean environment, as a user runs it: its CLI
+(`python -m mlx_lm generate --trust-remote-code`), its Python ``load`` and its server.
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import mlx.core as mx
+import pytest
+
+from mlxsmall.generation import stream_generate
+from mlxsmall.loading import build_model, load, load_model, save_model
+from mlxsmall.mlx_lm_model_file import MODEL_FILE, model_file_source
+from mlxsmall.quantize import quantize_model
+
+PROMPT = "Hello! How are you"
+MAX_TOKENS = 12
+
+# kind -> (tiny_config_dict arch, overrides)
+KINDS = {
+    "mobilellm": ("mobilellm", {"num_key_value_heads": 4}),
+    "mobilellm-gqa": ("mobilellm", {}),
+    "mobilellm-ls-shared-kv": ("mobilellm-ls", {}),
+    "mobilellm-ls-own-kv": ("mobilellm-ls", {"layer_sharing_kv": "own"}),
+    "mobillama-shared-ffn": ("mobillama", {}),
+    "mobillama-per-layer-ffn": ("mobillama-1b", {}),
+}
+PRECISIONS = ("fp32", "q4", "mixed_3_6")
+CASES = [(kind, precision) for kind in KINDS for precision in PRECISIONS]
+
+
+def cases(fast):
+    """Every case; those not in ``fast`` are marked slow (CI runs them all)."""
+    return [
+        pytest.param(*case, id="-".join(case), marks=() if case in fast else pytest.mark.slow)
+        for case in CASES
+    ]
+
+
+@pytest.fixture
+def model_dirs(tmp_path, tiny_config, tiny_tokenizer_dir):
+    """``model_dir(kind, precision) -> Path``: a tiny random model in our format."""
+    made = {}
+
+    def model_dir(kind, precision):
+        if (kind, precision) not in made:
+            arch, overrides = KINDS[kind]
+            config = tiny_config(arch, **overrides)
+            mx.random.seed(0)
+            model = build_model(config)
+            if precision == "q4":
+                config = quantize_model(model, config, bits=4, group_size=32)
+            elif precision != "fp32":
+                config = quantize_model(model, config, recipe=precision, group_size=32)
+            path = tmp_path / f"{kind}-{precision}"
+            save_model(path, model, config, tokenizer_src_dir=tiny_tokenizer_dir)
+            made[kind, precision] = path
+        return made[kind, precision]
+
+    return model_dir
+
+
+def clean_env(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "XDG_", "MLXSMALL"))}
+    home = tmp_path / "home"
+    home.mkdir(exist_ok=True)
+    env.update(HOME=str(home), XDG_CACHE_HOME=str(home / ".cache"), HF_HOME=str(home / "hf"),
+               HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    return env
+
+
+def ours(path):
+    """mlxsmall's greedy ``(token ids, text)``, weights exactly as stored (same kernels as mlx-lm)."""
+    model, tokenizer = load(path, dtype=None, dequantize=False)
+    steps = list(stream_generate(model, tokenizer, PROMPT, max_tokens=MAX_TOKENS, temperature=0.0))
+    return [step.token for step in steps], "".join(step.text for step in steps)
+
+
+MLX_LM_LOAD = """
+import json, sys
+import mlx_lm
+from mlx_lm.sample_utils import make_sampler
+model, tokenizer = mlx_lm.load(sys.argv[1], trust_remote_code=True)
+prompt = tokenizer.encode(sys.argv[2])
+tokens = [r.token for r in mlx_lm.stream_generate(
+    model, tokenizer, prompt, max_tokens=int(sys.argv[3]), sampler=make_sampler(temp=0.0))]
+print(json.dumps({"tokens": tokens, "class": type(model).__module__ + "." + type(model).__name__}))
+"""
+
+
+@pytest.mark.parametrize("kind,precision", cases(fast={("mobilellm-gqa", "mixed_3_6")}))
+def test_mlx_lm_load_generates_our_tokens(model_dirs, tmp_path, kind, precision):
+    path = model_dirs(kind, precision)
+    done = subprocess.run(
+        [sys.executable, "-c", MLX_LM_LOAD, str(path), PROMPT, str(MAX_TOKENS)],
+        capture_output=True, text=True, env=clean_env(tmp_path), timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    theirs = json.loads(done.stdout.strip().splitlines()[-1])
+    assert theirs["class"] == "custom_model.Model"  # built from our file, not an mlx-lm module
+    tokens, _ = ours(path)
+    assert len(tokens) > 1
+    assert theirs["tokens"] == tokens
+
+
+@pytest.mark.parametrize(
+    "kind,precision",
+    cases(fast={("mobillama-shared-ffn", "fp32"), ("mobilellm-ls-shared-kv", "q4")}),
+)
+def test_mlx_lm_cli_generates_our_text(model_dirs, tmp_path, kind, precision):
+    path = model_dirs(kind, precision)
+    done = subprocess.run(
+        [sys.executable, "-m", "mlx_lm", "generate", "--model", str(path), "--trust-remote-code",
+         "--prompt", PROMPT, "--max-tokens", str(MAX_TOKENS), "--temp", "0",
+         "--ignore-chat-template", "--verbose", "False"],
+        capture_output=True, text=True, env=clean_env(tmp_path), timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    tokens, text = ours(path)
+    assert done.stdout == text + "\n"
+
+
+def test_model_file_is_written_only_where_mlx_lm_needs_it(make_tiny_model):
+    for arch in ("mobilellm", "mobilellm-ls", "mobillama", "mobillama-1b"):
+        path = make_tiny_model(arch)
+        config = json.loads((path / "config.json").read_text())
+        assert config["model_file"] == MODEL_FILE
+        assert (path / MODEL_FILE).read_text() == model_file_source(config["model_type"])
+        # Our loader builds its own classes and hands back a config without the key.
+        _, loaded_config = load_model(path)
+        assert "model_file" not in loaded_config
+    llama = make_tiny_model("llama")  # mlx-lm ships llama: nothing to add
+    assert not (llama / MODEL_FILE).exists()
+    assert "model_file" not in json.loads((llama / "config.json").read_text())
+
+
+def test_model_file_stands_alone_and_shares_weights(make_tiny_model):
+    """The file imports only mlx, mlx_lm and the standard library; the shared FFN is one module."""
+    import ast
+    import importlib.util
+
+    for model_type in ("mobilellm", "mobillama"):
+        tree = ast.parse(model_file_source(model_type))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom):
+                assert node.level == 0 and node.module.split(".")[0] != "mlxsmall"
+            elif isinstance(node, ast.Import):
+                assert all(a.name.split(".")[0] != "mlxsmall" for a in node.names)
+    path = make_tiny_model("mobillama", bits=4)
+    spec = importlib.util.spec_from_file_location("custom_model", path / MODEL_FILE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = json.loads((path / "config.json").read_text())
+    model = module.Model(module.ModelArgs.from_dict(config))
+    assert type(model.model).__name__ == "MobiLlamaModel"
+    assert not hasattr(model.layers[0], "mlp") and hasattr(model.model, "shared_mlp")
+
+
+def test_export_leaves_the_model_file_behind(make_tiny_model, tmp_path):
+    from mlxsmall.convert.export import export_hf
+
+    out = export_hf(make_tiny_model("mobillama"), tmp_path / "hf")
+    assert not (out / MODEL_FILE).exists()
+    assert "model_file" not in json.loads((out / "config.json").read_text())
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_mlx_lm_server_serves_our_model(model_dirs, tmp_path):
+    path = model_dirs("mobilellm-ls-shared-kv", "q4")
+    port = free_port()
+    log = open(tmp_path / "server.log", "w")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlx_lm", "server", "--model", str(path), "--trust-remote-code",
+         "--host", "127.0.0.1", "--port", str(port)],
+        stdout=log, stderr=subprocess.STDOUT, env=clean_env(tmp_path),
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                urllib.request.urlopen(base + "/v1/models", timeout=5).read()
+                break
+            except OSError:
+                assert server.poll() is None, (tmp_path / "server.log").read_text()[-2000:]
+                assert time.monotonic() < deadline, "mlx_lm.server did not start"
+                time.sleep(0.5)
+        request = urllib.request.Request(
+            base + "/v1/completions",
+            data=json.dumps({"model": "default_model", "prompt": PROMPT, "max_tokens": MAX_TOKENS,
+                             "temperature": 0.0}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        reply = json.loads(urllib.request.urlopen(request, timeout=120).read())
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        log.close()
+    _, text = ours(path)
+    assert reply["choices"][0]["text"] == text
