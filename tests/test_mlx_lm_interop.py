@@ -166,6 +166,25 @@ def test_model_file_stands_alone_and_shares_weights(make_tiny_model):
     assert not hasattr(model.layers[0], "mlp") and hasattr(model.model, "shared_mlp")
 
 
+def test_inlining_refuses_what_would_change_meaning():
+    """One namespace for all modules: a later module may not rebind a global that an
+    earlier one looks up at call time, and nothing outside mlx/mlx_lm/stdlib comes along."""
+    import ast
+
+    from mlxsmall.mlx_lm_model_file import check_no_late_shadowing, inline_relative_imports
+
+    base = "def helper():\n    return 1\n\ndef build():\n    return helper()\n"
+    shadowing = "from . import base\n\ndef helper():\n    return 2\n"
+    harmless = "from .base import helper\n\ndef build():\n    return helper() + 1\n"
+    trees = {"base": ast.parse(base), "variant": ast.parse(shadowing)}
+    with pytest.raises(ValueError, match="redefines 'helper'"):
+        check_no_late_shadowing(["base", "variant"], trees)
+    check_no_late_shadowing(["base", "variant"], {"base": ast.parse(base), "variant": ast.parse(harmless)})
+    assert inline_relative_imports(harmless, ast.parse(harmless), "variant").startswith("helper = base.helper\n")
+    with pytest.raises(ValueError, match="models/variant.py:1: imports torch"):
+        inline_relative_imports("import torch\n", ast.parse("import torch\n"), "variant")
+
+
 def test_export_leaves_the_model_file_behind(make_tiny_model, tmp_path):
     from mlxsmall.convert.export import export_hf
 
