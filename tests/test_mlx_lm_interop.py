@@ -22,6 +22,9 @@ from mlxsmall.loading import build_model, load, load_model, save_model
 from mlxsmall.mlx_lm_model_file import MODEL_FILE, model_file_source
 from mlxsmall.quantize import quantize_model
 
+sys.path.insert(0, str(Path(__file__).parent))  # tests/ helper modules (pytest runs in importlib mode)
+from fixtures_convert import write_mobilellm, write_mobillama  # noqa: E402
+
 PROMPT = "Hello! How are you"
 MAX_TOKENS = 12
 
@@ -123,6 +126,30 @@ def test_mlx_lm_cli_generates_our_text(model_dirs, tmp_path, kind, precision):
          "--prompt", PROMPT, "--max-tokens", str(MAX_TOKENS), "--temp", "0",
          "--ignore-chat-template", "--verbose", "False"],
         capture_output=True, text=True, env=clean_env(tmp_path), timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    tokens, text = ours(path)
+    assert len(tokens) > 1
+    assert done.stdout == text + "\n"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("upstream,quantize", [("mobilellm-ls", True), ("mobillama", False)])
+def test_converted_checkpoints_open_in_mlx_lm(tmp_path, upstream, quantize):
+    """Upstream-layout checkpoints through `mlxsmall convert`, then mlx-lm's CLI."""
+    source = (write_mobilellm(tmp_path / "hf", layer_sharing=True) if upstream == "mobilellm-ls"
+              else write_mobillama(tmp_path / "hf", shared=True))
+    path = tmp_path / "ours"
+    env = clean_env(tmp_path)
+    command = [sys.executable, "-m", "mlxsmall", "convert", str(source), "-o", str(path)]
+    done = subprocess.run(command + (["-q"] if quantize else []), capture_output=True, text=True,
+                          env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    done = subprocess.run(
+        [sys.executable, "-m", "mlx_lm", "generate", "--model", str(path), "--trust-remote-code",
+         "--prompt", PROMPT, "--max-tokens", str(MAX_TOKENS), "--temp", "0",
+         "--ignore-chat-template", "--verbose", "False"],
+        capture_output=True, text=True, env=env, timeout=300,
     )
     assert done.returncode == 0, done.stderr[-2000:]
     tokens, text = ours(path)
