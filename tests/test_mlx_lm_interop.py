@@ -5,6 +5,8 @@ mlx-lm runs in a subprocess with a clean environment, as a user runs it: its CLI
 (`python -m mlx_lm generate --trust-remote-code`), its Python ``load`` and its server.
 """
 
+import ast
+import importlib.util
 import json
 import os
 import socket
@@ -19,11 +21,16 @@ import pytest
 
 from mlxsmall.generation import stream_generate
 from mlxsmall.loading import build_model, load, load_model, save_model
-from mlxsmall.mlx_lm_model_file import MODEL_FILE, model_file_source
+from mlxsmall.mlx_lm_model_file import (
+    MODEL_FILE,
+    check_no_late_shadowing,
+    inline_relative_imports,
+    model_file_source,
+)
 from mlxsmall.quantize import quantize_model
 
 sys.path.insert(0, str(Path(__file__).parent))  # tests/ helper modules (pytest runs in importlib mode)
-from fixtures_convert import write_mobilellm, write_mobillama  # noqa: E402
+from fixtures_convert import write_mobilellm, write_mobillama
 
 PROMPT = "Hello! How are you"
 MAX_TOKENS = 12
@@ -173,9 +180,6 @@ def test_model_file_is_written_only_where_mlx_lm_needs_it(make_tiny_model):
 
 def test_model_file_stands_alone_and_shares_weights(make_tiny_model):
     """The file imports only mlx, mlx_lm and the standard library; the shared FFN is one module."""
-    import ast
-    import importlib.util
-
     for model_type in ("mobilellm", "mobillama"):
         tree = ast.parse(model_file_source(model_type))
         for node in ast.walk(tree):
@@ -196,10 +200,6 @@ def test_model_file_stands_alone_and_shares_weights(make_tiny_model):
 def test_inlining_refuses_what_would_change_meaning():
     """One namespace for all modules: a later module may not rebind a global that an
     earlier one looks up at call time, and nothing outside mlx/mlx_lm/stdlib comes along."""
-    import ast
-
-    from mlxsmall.mlx_lm_model_file import check_no_late_shadowing, inline_relative_imports
-
     base = "def helper():\n    return 1\n\ndef build():\n    return helper()\n"
     shadowing = "from . import base\n\ndef helper():\n    return 2\n"
     harmless = "from .base import helper\n\ndef build():\n    return helper() + 1\n"
@@ -226,37 +226,44 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def complete_when_up(base: str, server: subprocess.Popen, log_path: Path) -> dict:
+    """Wait (bounded) for the server to answer, then ask for one greedy completion."""
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            urllib.request.urlopen(base + "/v1/models", timeout=5).read()
+            break
+        except OSError:
+            assert server.poll() is None, log_path.read_text()[-2000:]
+            assert time.monotonic() < deadline, "mlx_lm.server did not start"
+            time.sleep(0.5)
+    request = urllib.request.Request(
+        base + "/v1/completions",
+        data=json.dumps({"model": "default_model", "prompt": PROMPT, "max_tokens": MAX_TOKENS,
+                         "temperature": 0.0}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    return json.loads(urllib.request.urlopen(request, timeout=120).read())
+
+
 @pytest.mark.slow
 def test_mlx_lm_server_serves_our_model(model_dirs, tmp_path):
     path = model_dirs("mobilellm-ls-shared-kv", "q4")
     port = free_port()
-    log = open(tmp_path / "server.log", "w")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mlx_lm", "server", "--model", str(path), "--trust-remote-code",
-         "--host", "127.0.0.1", "--port", str(port)],
-        stdout=log, stderr=subprocess.STDOUT, env=clean_env(tmp_path),
-    )
-    try:
-        base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                urllib.request.urlopen(base + "/v1/models", timeout=5).read()
-                break
-            except OSError:
-                assert server.poll() is None, (tmp_path / "server.log").read_text()[-2000:]
-                assert time.monotonic() < deadline, "mlx_lm.server did not start"
-                time.sleep(0.5)
-        request = urllib.request.Request(
-            base + "/v1/completions",
-            data=json.dumps({"model": "default_model", "prompt": PROMPT, "max_tokens": MAX_TOKENS,
-                             "temperature": 0.0}).encode(),
-            headers={"Content-Type": "application/json"},
+    with open(tmp_path / "server.log", "w") as log:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "mlx_lm", "server", "--model", str(path), "--trust-remote-code",
+             "--host", "127.0.0.1", "--port", str(port)],
+            stdout=log, stderr=subprocess.STDOUT, env=clean_env(tmp_path),
         )
-        reply = json.loads(urllib.request.urlopen(request, timeout=120).read())
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
-        log.close()
+        try:
+            reply = complete_when_up(f"http://127.0.0.1:{port}", server, tmp_path / "server.log")
+        finally:
+            server.terminate()
+            try:
+                server.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait()
     _, text = ours(path)
     assert reply["choices"][0]["text"] == text
