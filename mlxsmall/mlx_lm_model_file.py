@@ -15,7 +15,7 @@ import ast
 import sys
 from pathlib import Path
 
-from mlxsmall import __version__
+from mlxsmall import __version__, models
 from mlxsmall.models import ARCHITECTURES
 
 MODEL_FILE = "mlxsmall_model.py"
@@ -66,13 +66,11 @@ def model_file_source(model_type: str) -> str:
 
 
 def read_source(name: str) -> str:
-    import mlxsmall.models
-
-    return (Path(mlxsmall.models.__file__).parent / f"{name}.py").read_text(encoding="utf-8")
+    return (Path(models.__file__).parent / f"{name}.py").read_text(encoding="utf-8")
 
 
 def relative_imports(tree: ast.Module):
-    """``(node, module, names)`` for every ``from . import m`` / ``from .m import a`` at top level."""
+    """Every top-level ``from . import m`` / ``from .m import a`` (ImportFrom nodes)."""
     for node in tree.body:
         if isinstance(node, ast.ImportFrom) and node.level:
             yield node
@@ -115,18 +113,18 @@ def inline_relative_imports(source: str, tree: ast.Module, name: str) -> str:
     return "".join(lines)
 
 
-def top_level_bindings(tree: ast.Module) -> dict:
-    """Top-level name -> where its value comes from (a module's own definition or an import)."""
+def top_level_bindings(tree: ast.Module, name: str = "") -> dict:
+    """Top-level name -> where module ``name`` gets its value (its own definition or an import)."""
     bindings = {}
     for node in tree.body:
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-            bindings[node.name] = ("defined", id(tree))
+            bindings[node.name] = ("defined", name)
         elif isinstance(node, (ast.Assign, ast.AnnAssign)):
             targets = node.targets if isinstance(node, ast.Assign) else [node.target]
             for target in targets:
                 for leaf in ast.walk(target):
                     if isinstance(leaf, ast.Name):
-                        bindings[leaf.id] = ("defined", id(tree))
+                        bindings[leaf.id] = ("defined", name)
         elif isinstance(node, ast.Import):
             for a in node.names:
                 bindings[a.asname or a.name.split(".")[0]] = ("import", a.name)
@@ -141,7 +139,7 @@ def check_no_late_shadowing(modules: list, trees: dict) -> None:
     """Refuse to inline if a later module rebinds a global that an earlier module's
     functions look up when they run (one namespace would change their meaning)."""
     for position, name in enumerate(modules):
-        own = top_level_bindings(trees[name])
+        own = top_level_bindings(trees[name], name)
         used = {
             leaf.id
             for node in ast.walk(trees[name])
@@ -151,7 +149,7 @@ def check_no_late_shadowing(modules: list, trees: dict) -> None:
             if isinstance(leaf, ast.Name)
         }
         for later in modules[position + 1:]:
-            for global_name, origin in top_level_bindings(trees[later]).items():
+            for global_name, origin in top_level_bindings(trees[later], later).items():
                 same = origin == own.get(global_name) or origin == ("relative", name, global_name)
                 if global_name in used and global_name in own and not same:
                     raise ValueError(
