@@ -17,6 +17,7 @@ import urllib.request
 from pathlib import Path
 
 import mlx.core as mx
+import numpy as np
 import pytest
 
 from mlxsmall.generation import stream_generate
@@ -97,13 +98,16 @@ def ours(path):
 
 MLX_LM_LOAD = """
 import json, sys
+import mlx.core as mx
 import mlx_lm
 from mlx_lm.sample_utils import make_sampler
 model, tokenizer = mlx_lm.load(sys.argv[1], trust_remote_code=True)
 prompt = tokenizer.encode(sys.argv[2])
 tokens = [r.token for r in mlx_lm.stream_generate(
     model, tokenizer, prompt, max_tokens=int(sys.argv[3]), sampler=make_sampler(temp=0.0))]
-print(json.dumps({"tokens": tokens, "class": type(model).__module__ + "." + type(model).__name__}))
+logits = model(mx.array(prompt)[None])[0, -1]
+print(json.dumps({"tokens": tokens, "logits": logits.tolist(),
+                  "class": type(model).__module__ + "." + type(model).__name__}))
 """
 
 
@@ -120,6 +124,30 @@ def test_mlx_lm_load_generates_our_tokens(model_dirs, tmp_path, kind, precision)
     tokens, _ = ours(path)
     assert len(tokens) > 1
     assert theirs["tokens"] == tokens
+    # The whole next-token distribution, not only its argmax (tiny random models often
+    # repeat one token, which a different function could repeat too).
+    model, tokenizer = load(path, dtype=None, dequantize=False)
+    logits = model(mx.array(tokenizer.encode(PROMPT))[None])[0, -1]
+    np.testing.assert_allclose(np.array(theirs["logits"]), np.array(logits), rtol=1e-5, atol=1e-5)
+
+
+def test_logit_comparison_tells_the_layer_sharing_modes_apart(tiny_config):
+    """The same stored blocks under shared KV, own KV and no sharing give different
+    logits, so matching logits above pin down which function mlx-lm runs."""
+    from mlx.utils import tree_flatten
+
+    mx.random.seed(0)
+    shared = build_model(tiny_config("mobilellm-ls"))
+    weights = list(tree_flatten(shared.parameters()))
+    prompt = mx.array([[5, 17, 42, 99, 7, 3]])
+    outputs = [np.array(shared(prompt)[0, -1])]
+    for overrides in ({"layer_sharing_kv": "own"}, {"layer_sharing": False}):
+        variant = build_model(tiny_config("mobilellm-ls", **overrides))
+        variant.load_weights(weights)
+        outputs.append(np.array(variant(prompt)[0, -1]))
+    for i in range(3):
+        for j in range(i + 1, 3):
+            assert np.abs(outputs[i] - outputs[j]).max() > 1e-3
 
 
 @pytest.mark.parametrize(
