@@ -22,7 +22,7 @@ from mlxsmall.errors import MlxsmallError
 
 from .tokenizer import COPIED_FILES
 
-OUR_FIELDS = ("quantization", "quantization_config", "shared_ffn", "layer_sharing_kv")
+OUR_FIELDS = ("quantization", "quantization_config", "shared_ffn", "layer_sharing_kv", "model_file")
 HF_ARCHITECTURES = {
     "mobilellm": ("mobilellm", "MobileLLMForCausalLM"),
     "mobillama": ("llama", "MobiLlamaForCausalLM"),

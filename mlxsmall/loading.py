@@ -22,6 +22,7 @@ from mlx_lm.utils import save_model as mlx_lm_save_weights
 from .atomic import atomic_directory
 from .convert.safetensors_io import read_header
 from .errors import MlxsmallError
+from .mlx_lm_model_file import add_model_file
 from .models import ARCHITECTURES, get_architecture
 
 DTYPES = {"float32": mx.float32, "float16": mx.float16, "bfloat16": mx.bfloat16}
@@ -137,10 +138,12 @@ def load_model(
         return arch.Model, arch.ModelArgs
 
     try:
+        # model_file (the copy of models/ written for mlx-lm) is not for us: our classes load it.
         model, config = mlx_lm_load_model(
-            model_dir, lazy=True, strict=True, model_config=model_config,
+            model_dir, lazy=True, strict=True, model_config={**(model_config or {}), "model_file": None},
             get_model_classes=get_classes,
         )
+        config.pop("model_file", None)
     except ValueError as error:
         raise MlxsmallError(f"{model_dir}: {describe_weight_error(error, headers)}") from None
     if dtype is not None:
@@ -253,7 +256,8 @@ def save_model(
     with atomic_directory(dst, overwrite=overwrite, action="save the model") as tmp:
         mlx_lm_save_weights(tmp, model)
         # keep_vision_config: mlx-lm drops vision_config by default; VLMs (mlxsmall.vlm) need it.
-        save_config(dict(config), tmp / "config.json", keep_vision_config=True)
+        config = add_model_file(tmp, dict(config))  # lets mlx-lm itself open the directory
+        save_config(config, tmp / "config.json", keep_vision_config=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(str(tmp))
         elif tokenizer_src_dir is not None:
