@@ -24,7 +24,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 CANDIDATES = 40  # databases drawn per item at most
 MIN_DATABASES = 3  # a suite keeps at least this many (the distinguishing ones first)
-MAX_MUTANTS = 80
+MAX_MUTANTS = 120
 MAX_STEPS = 200_000  # sqlite VM steps per query before it is interrupted (runaway recursive CTEs)
 AGGREGATES = ("count", "sum", "avg", "min", "max")
 COMPARISONS = {">": ">=", ">=": ">", "<": "<=", "<=": "<", "=": "!=", "==": "!=", "!=": "=", "<>": "="}
@@ -464,12 +464,14 @@ def generate_rows(schema: Schema, pools: ValuePools, rng: random.Random, size: i
 
 
 def mutants(reading: Reading, schema: Schema) -> List[str]:
+    """Near misses of the gold, most telling first (the list is capped at MAX_MUTANTS)."""
     tokens = reading.tokens
-    out: List[str] = []
+    text = untokenize(tokens)
+    out: List[str] = list(CONSTANT_QUERIES) + dropped_conditions(tokens)
 
-    def replaced(index: int, text: str) -> str:
+    def replaced(index: int, new_text: str) -> str:
         copy = list(tokens)
-        copy[index] = Token(copy[index].kind, text)
+        copy[index] = Token(copy[index].kind, new_text)
         return untokenize(copy)
 
     for literal in reading.literals:
@@ -478,11 +480,6 @@ def mutants(reading: Reading, schema: Schema) -> List[str]:
                 out.append(replaced(literal.index, _quote(str(value), literal.quote)))
             elif isinstance(value, (int, float)) and value >= 0:
                 out.append(replaced(literal.index, repr(value)))
-    for index, columns in reading.column_refs:
-        for column in columns[:1]:
-            for other in schema.tables[column.table.lower()]:
-                if other.name.lower() != column.name.lower():
-                    out.append(replaced(index, _quote(other.name, '"')))
     for i, token in enumerate(tokens):
         if token.word in AGGREGATES:
             out += [replaced(i, other.upper()) for other in AGGREGATES if other != token.word]
@@ -493,17 +490,18 @@ def mutants(reading: Reading, schema: Schema) -> List[str]:
         elif token.word == "distinct":
             out.append(replaced(i, ""))
     # COUNT(*) and COUNT(column) differ exactly on NULLs.
-    text = untokenize(tokens)
     for match in re.finditer(r"\bcount\s*\(\s*\*\s*\)", text, re.IGNORECASE):
         for table in reading.tables:
             for column in schema.tables[table][:4]:
                 out.append(text[: match.start()] + f'COUNT("{column.name}")' + text[match.end():])
     for match in re.finditer(r"\bcount\s*\(\s*([\w.\"]+)\s*\)", text, re.IGNORECASE):
         out.append(text[: match.start()] + "COUNT(*)" + text[match.end():])
-    out += dropped_conditions(tokens)
-    out += CONSTANT_QUERIES
-    gold = untokenize(tokens)
-    unique = list(dict.fromkeys(m for m in out if m != gold))
+    for index, columns in reading.column_refs:
+        for column in columns[:1]:
+            for other in schema.tables[column.table.lower()]:
+                if other.name.lower() != column.name.lower():
+                    out.append(replaced(index, _quote(other.name, '"')))
+    unique = list(dict.fromkeys(m for m in out if m != text))
     return unique[:MAX_MUTANTS]
 
 

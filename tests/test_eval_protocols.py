@@ -28,7 +28,7 @@ SQL_DOC = {"question": "How many heads are older than 56?", "context": "CREATE T
 def test_sql_is_found_in_fences_prefixes_and_prose():
     gold = SQL_DOC["answer"]
     for reply in (f" {gold}", f"```sql\n{gold};\n```\nThis counts the heads.", f"SQL: {gold}\n\nExplanation: ...",
-                  f"Here is the query:\n\nSELECT COUNT(*)\nFROM head\nWHERE age > 56;", f"```\n{gold}\n```",
+                  "Here is the query:\n\nSELECT COUNT(*)\nFROM head\nWHERE age > 56;", f"```\n{gold}\n```",
                   f"```sql\n{gold}"):  # a fence cut by the token budget
         assert sql_score(reply, SQL_DOC)["execution_accuracy"] == 1.0, reply
     assert extract_sql("SELECT name FROM t WHERE note = 'a; b'; DROP TABLE t") == "SELECT name FROM t WHERE note = 'a; b'"
