@@ -210,6 +210,7 @@ def test_plot_with_one_variant_has_no_empty_panel(tmp_path, monkeypatch):
     assert [len(fig.axes) for fig in saved] == [1, 1]
 
 
+@pytest.mark.slow  # a subprocess that imports mlx and loads a model: ~50 s on a busy 2-core CPU
 def test_cli_protocol_both_writes_a_report_that_says_protocol_and_data(make_tiny_model, tmp_path):
     path = make_tiny_model("llama")
     out = tmp_path / "out" / "run.json"
