@@ -4,8 +4,10 @@
     from mlxsmall.eval.tasks import resolve_tasks
     results = evaluate(model, tokenizer, resolve_tasks(["commonsense"]), EvalOptions(limit=20))
 
-Modules: ``metrics`` (EM/F1, ROUGE, SQL execution, log-likelihood scoring,
-perplexity), ``tasks`` (the task registry and the sample sets in ``data/``),
+Modules: ``metrics`` (EM/F1, ROUGE, SQL exact match, log-likelihood scoring,
+perplexity), ``sql_suite`` (test-suite SQL execution accuracy), ``answers`` (the
+answer inside a reply), ``mobileaibench`` and ``protocols`` (``--protocol``),
+``tasks`` (the task registry and the sample sets in ``data/``),
 ``runner`` (one evaluator per task kind), ``variants`` (fp16/q8/q4/... of one
 model in memory), ``bench`` (TTFT, tok/s, memory, energy), ``report`` (JSON,
 Markdown, plots).

@@ -6,7 +6,6 @@ which only call ``model(tokens) -> logits`` (batch, length, vocab).
 
 import math
 import re
-import sqlite3
 import string
 from collections import Counter
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
@@ -73,7 +72,7 @@ def _rouge_scorer(module):
 
 
 # ---------------------------------------------------------------------------------------------
-# Text-to-SQL: execution accuracy in sqlite, plus normalised exact match
+# Text-to-SQL: normalised exact match (execution accuracy lives in sql_suite.py)
 
 
 def normalize_sql(query: str) -> str:
@@ -85,56 +84,6 @@ def normalize_sql(query: str) -> str:
 
 def sql_exact_match(prediction: str, reference: str) -> float:
     return float(normalize_sql(prediction) == normalize_sql(reference))
-
-
-def _column_values(sql_type: str, row: int) -> object:
-    # A few deterministic rows per table so WHERE/ORDER BY/aggregates differ between queries.
-    sql_type = sql_type.upper()
-    if any(t in sql_type for t in ("INT", "REAL", "NUM", "FLOAT", "DOUBLE", "DEC")):
-        return [3, 17, 42, 56, 57, 99, 1999, 8][row % 8]
-    return ["Boston", "Jane Austen", "toys", "alpha", "beta", "Boston", "gamma", "1999"][row % 8]
-
-
-def build_database(create_context: str, rows: int = 8) -> sqlite3.Connection:
-    """An in-memory sqlite database with the tables of ``CREATE TABLE ...`` statements,
-    each filled with ``rows`` deterministic rows (sql-create-context ships schemas, no data)."""
-    connection = sqlite3.connect(":memory:")
-    statements = [s.strip() for s in create_context.split(";") if s.strip()]
-    for statement in statements:
-        connection.execute(statement)
-        match = re.match(r"CREATE TABLE\s+(\S+)\s*\((.*)\)\s*$", statement, re.IGNORECASE | re.DOTALL)
-        if not match:
-            continue
-        table, columns = match.group(1), [c.strip() for c in match.group(2).split(",") if c.strip()]
-        types = [(c.split() + ["TEXT"])[1] for c in columns]
-        placeholders = ", ".join("?" for _ in types)
-        for row in range(rows):
-            values = [_column_values(t, row + i) for i, t in enumerate(types)]
-            connection.execute(f"INSERT INTO {table} VALUES ({placeholders})", values)
-    return connection
-
-
-def run_sql(connection: sqlite3.Connection, query: str) -> Optional[Counter]:
-    """Rows of ``query`` as a multiset, or None when the query fails."""
-    try:
-        rows = connection.execute(query).fetchall()
-    except (sqlite3.Error, sqlite3.Warning, ValueError):
-        return None
-    return Counter(tuple(row) for row in rows)
-
-
-def sql_execution_match(prediction: str, reference: str, create_context: str) -> float:
-    """1.0 when the predicted query returns the same multiset of rows as the gold query
-    on a database built from the CREATE context; 0.0 when it differs or does not run."""
-    connection = build_database(create_context)
-    try:
-        gold = run_sql(connection, reference)
-        predicted = run_sql(connection, prediction)
-    finally:
-        connection.close()
-    if gold is None:
-        raise ValueError(f"the gold query does not run on its own schema: {reference!r}")
-    return float(predicted is not None and predicted == gold)
 
 
 # ---------------------------------------------------------------------------------------------

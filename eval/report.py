@@ -91,10 +91,47 @@ def eval_markdown(runs: Sequence[dict]) -> str:
     header = ["task", "metric"] + labels
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * len(header)) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
-    source = {run["tasks"][t]["source"] for run in runs for t in run["tasks"]}
     lines.append("")
-    lines.append(f"Data: {', '.join(sorted(source))}. Rates in percent; ↓ lower is better.")
+    lines.append(f"{provenance(runs)}. Rates in percent; ↓ lower is better.")
+    lines += item_notes(runs)
     return "\n".join(lines) + "\n"
+
+
+def provenance(runs: Sequence[dict]) -> str:
+    """Which data and which protocol produced the numbers, in one line."""
+    sources = sorted({str(run["tasks"][t]["source"]) for run in runs for t in run["tasks"]})
+    sources = [Path(s).name if "/" in s else s for s in sources]  # no absolute paths of this machine
+    by_protocol: dict = {}
+    for run in runs:
+        for task, result in run["tasks"].items():
+            names = by_protocol.setdefault(result.get("protocol", "default"), [])
+            if task not in names:
+                names.append(task)
+    if len(by_protocol) == 1:
+        protocols = next(iter(by_protocol))
+    else:
+        protocols = "; ".join(f"{p} ({', '.join(names)})" for p, names in by_protocol.items())
+    return f"Data: {', '.join(sources)}. Protocol: {protocols}"
+
+
+def item_notes(runs: Sequence[dict]) -> List[str]:
+    """A line per task that skipped, failed on, or shortened some of its documents."""
+    lines = []
+    for run in runs:
+        prefix = f"{run['label']}: " if len(runs) > 1 else ""
+        for task, result in run["tasks"].items():
+            parts = []
+            if result.get("skipped"):
+                reasons = "; ".join(f"{r} ({n})" for r, n in result.get("skip_reasons", {}).items())
+                parts.append(f"{result['skipped']} skipped: {reasons}")
+            if result.get("errors"):
+                reasons = "; ".join(f"{r} ({n})" for r, n in result.get("error_reasons", {}).items())
+                parts.append(f"{result['errors']} could not be scored: {reasons}")
+            if result.get("truncated"):
+                parts.append(f"{result['truncated']} shortened to fit the model's context")
+            if parts:
+                lines.append(f"{prefix}{task}: " + " | ".join(parts) + ".")
+    return lines
 
 
 def bench_markdown(rows: Sequence[dict]) -> str:
@@ -158,6 +195,11 @@ def _energy(row: dict) -> str:
 # Plots
 
 
+def display_name(model: str) -> str:
+    """A model directory is shown by its name, never by a path of this machine."""
+    return Path(str(model)).name or str(model) if ("/" in str(model) or "\\" in str(model)) else str(model)
+
+
 def _pyplot():
     import matplotlib
 
@@ -179,17 +221,31 @@ def plot_quality_vs_bits(runs: Sequence[dict], path: Path) -> Optional[Path]:
     if not points:
         return None
     plt = _pyplot()
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
     tasks = []
     for run in points:
         tasks += [t for t in run["tasks"] if t not in tasks]
+    headlines = {}
     for task in tasks:
         series = [(x_bits(run), run["tasks"][task]) for run in points if task in run["tasks"]]
         metric = headline_metric(series[0][1])
-        if metric is None:
-            continue
-        xs = [bits for bits, _ in series]
-        ys = [result["metrics"].get(metric) for _, result in series]
+        if metric is not None and any(result["metrics"].get(metric) is not None for _, result in series):
+            headlines[task] = (metric, series)
+    averages = [group for group, members in GROUP_AVERAGES.items()
+                if any(all(t in run["tasks"] for t in members) for run in points)]
+    wanted = []  # only the panels that will have a line: no empty axes
+    if averages or any(m not in LOWER_IS_BETTER for m, _ in headlines.values()):
+        wanted.append("quality")
+    if any(m in LOWER_IS_BETTER for m, _ in headlines.values()):
+        wanted.append("perplexity")
+    if not wanted:
+        return None
+    fig, axes = plt.subplots(1, len(wanted), figsize=(5.5 * len(wanted) + 0.5, 4.2), squeeze=False)
+    panels = dict(zip(wanted, axes[0]))
+    left, right = panels.get("quality"), panels.get("perplexity")
+    for task, (metric, series) in headlines.items():
+        known = [(bits, result["metrics"][metric]) for bits, result in series
+                 if result["metrics"].get(metric) is not None]
+        xs, ys = [bits for bits, _ in known], [value for _, value in known]
         axis = right if metric in LOWER_IS_BETTER else left
         scale = 1 if metric in LOWER_IS_BETTER else 100
         order = sorted(range(len(xs)), key=lambda i: xs[i])
@@ -202,12 +258,14 @@ def plot_quality_vs_bits(runs: Sequence[dict], path: Path) -> Optional[Path]:
         if series:
             left.plot([x for x, _ in series], [100 * y for _, y in series], color="black", linewidth=2.5,
                       marker="o", label=f"{group} average (acc)")
-    left.set_title("quality vs bits (higher is better)")
-    left.set_ylabel("score %")
-    right.set_title("perplexity vs bits (lower is better)")
-    right.set_ylabel("perplexity")
+    if left is not None:
+        left.set_title("quality vs bits (higher is better)")
+        left.set_ylabel("score %")
+    if right is not None:
+        right.set_title("perplexity vs bits (lower is better)")
+        right.set_ylabel("perplexity")
     ticks = sorted({round(x_bits(run), 2) for run in points})
-    for axis in (left, right):
+    for axis in panels.values():
         axis.set_xlabel("bits per weight")
         axis.set_xscale("log", base=2)
         axis.set_xticks(ticks, [f"{t:g}" for t in ticks])
@@ -215,7 +273,7 @@ def plot_quality_vs_bits(runs: Sequence[dict], path: Path) -> Optional[Path]:
         axis.grid(alpha=0.3)
         if axis.lines:
             axis.legend(fontsize=7)
-    fig.suptitle(points[0].get("model", ""), fontsize=9)
+    fig.suptitle(f"{display_name(points[0].get('model', ''))} · {provenance(points)}", fontsize=9)
     result = _save(fig, path)
     plt.close(fig)
     return result
@@ -249,7 +307,7 @@ def plot_bench(rows: Sequence[dict], path: Path) -> Optional[Path]:
         axis.set_xlabel("bits per weight (measured)")
         axis.grid(alpha=0.3)
         axis.legend(fontsize=8)
-    fig.suptitle(f"{points[0].get('model', '')} on {points[0].get('device', '')}", fontsize=9)
+    fig.suptitle(f"{display_name(points[0].get('model', ''))} on {points[0].get('device', '')}", fontsize=9)
     result = _save(fig, path)
     plt.close(fig)
     return result

@@ -7,6 +7,7 @@ to a callback and published on the metrics feed as ``"eval"`` events.
 
 import math
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass
 from typing import Callable, Dict, List, Optional, Sequence
 
@@ -14,7 +15,9 @@ from mlxsmall import events
 from mlxsmall.errors import MlxsmallError
 
 from . import metrics
-from .tasks import GenerationTask, MultipleChoiceTask, PerplexityTask, SafetyTask, Task, fewshot_docs, is_refusal, load_docs
+from .protocols import PROTOCOLS, with_protocols
+from .tasks import (GenerationTask, MultipleChoiceTask, PerplexityTask, SafetyTask, SkipItem, Task, fewshot_docs, is_refusal,
+                    load_docs)
 
 Progress = Callable[[str, int, int], None]  # (task name, units just done, total units)
 
@@ -30,13 +33,16 @@ class EvalOptions:
     seed: int = 0
     window: int = 512  # perplexity window in tokens
     examples: int = 3  # predictions kept in the results per task, for reading
+    protocol: str = "default"  # generation tasks: "default", "mobileaibench" or "both" (eval/protocols.py)
 
 
 EVALUATORS: Dict[str, Callable] = {}
 
 
 def register_evaluator(kind: str):
-    """Decorator: ``fn(model, tokenizer, task, docs, options, report) -> (metrics, examples)``."""
+    """Decorator: ``fn(model, tokenizer, task, docs, options, report) -> (metrics, examples, n)``;
+    an evaluator may add a fourth item, a dict of fields for the task's result (counts of
+    skipped, error and truncated items)."""
 
     def wrap(function):
         EVALUATORS[kind] = function
@@ -49,7 +55,9 @@ def evaluate(model, tokenizer, tasks: Sequence[Task], options: EvalOptions,
              on_progress: Optional[Progress] = None, on_task_start: Optional[Callable[[Task, int], None]] = None) -> Dict[str, dict]:
     """``{task name: {"metrics": {...}, "n": docs, "source": ..., "seconds": ..., "examples": [...]}}``."""
     results = {}
-    for task in tasks:
+    if options.protocol not in PROTOCOLS:
+        raise MlxsmallError(f"--protocol must be one of {', '.join(PROTOCOLS)}, got {options.protocol!r}")
+    for task in with_protocols(tasks, options.protocol):
         if task.kind not in EVALUATORS:
             raise MlxsmallError(
                 f"{task.name}: no evaluator for tasks of kind {task.kind!r} "
@@ -71,18 +79,26 @@ def evaluate(model, tokenizer, tasks: Sequence[Task], options: EvalOptions,
             events.publish("eval", task=_task.name, done=done, total=_total)
 
         start = time.perf_counter()
-        scores, examples, n = EVALUATORS[task.kind](model, tokenizer, task, docs, options, report)
+        scores, examples, n, *extra = EVALUATORS[task.kind](model, tokenizer, task, docs, options, report)
         results[task.name] = {
             "kind": task.kind,
             "metrics": scores,
             "n": n,
             "source": options.data if not task.name.startswith("ppl:") else task.sample_file,
-            "shots": options.shots if task.kind in ("multiple_choice", "generation") else 0,
+            "protocol": getattr(task, "protocol", "default"),
+            "shots": shots_for(task, options),
             "seconds": round(time.perf_counter() - start, 2),
             "examples": examples[: options.examples],
+            **(extra[0] if extra else {}),
         }
         events.publish("eval", task=task.name, phase="done", metrics=scores)
     return results
+
+
+def shots_for(task: Task, options: EvalOptions) -> int:
+    if task.kind == "multiple_choice" or (task.kind == "generation" and task.protocol == "default"):
+        return options.shots
+    return 0  # MobileAIBench's protocol is zero-shot
 
 
 def units(task: Task, docs: List[dict], options: EvalOptions) -> int:
@@ -162,13 +178,42 @@ def build_prompt(tokenizer, task: GenerationTask, doc: dict, shots: List[dict], 
     parts.append(task.to_prompt(doc))
     text = "\n\n".join(parts)
     if not chat:
-        return text
-    return chat_ids(tokenizer, text)
+        return f"{task.system}\n\n{text}" if task.system else text
+    return chat_ids(tokenizer, text, task.system)
 
 
-def chat_ids(tokenizer, user_text: str) -> List[int]:
+def context_length(model) -> Optional[int]:
+    return getattr(getattr(model, "args", None), "max_position_embeddings", None)
+
+
+def fitted_prompt(tokenizer, task: GenerationTask, doc: dict, shots: List[dict], chat: bool, room: Optional[int]):
+    """The prompt, with ``task.long_field`` of the document shortened (from the end, by
+    tokens) when the prompt would not fit in ``room`` tokens (the model's context less
+    the generation budget). Returns ``(prompt, shortened)``."""
+    prompt = build_prompt(tokenizer, task, doc, shots, chat)
+    if not room or not task.long_field or task.long_field not in doc:
+        return prompt, False
+
+    def length(p):
+        return len(p) if isinstance(p, list) else len(tokenizer.encode(p))
+
+    over = length(prompt) - room
+    if over <= 0:
+        return prompt, False
+    tokens = tokenizer.encode(doc[task.long_field], add_special_tokens=False)
+    keep = max(0, len(tokens) - over - 8)  # a few tokens of slack: decode/encode need not round-trip
+    while True:
+        shorter = dict(doc, **{task.long_field: tokenizer.decode(tokens[:keep])})
+        prompt = build_prompt(tokenizer, task, shorter, shots, chat)
+        if length(prompt) <= room or keep == 0:
+            return prompt, True
+        keep = max(0, keep - max(8, (length(prompt) - room) * 2))
+
+
+def chat_ids(tokenizer, user_text: str, system: str = "") -> List[int]:
+    messages = [{"role": "system", "content": system}] if system else []
     ids = tokenizer.apply_chat_template(
-        [{"role": "user", "content": user_text}], add_generation_prompt=True, tokenize=True
+        messages + [{"role": "user", "content": user_text}], add_generation_prompt=True, tokenize=True
     )
     if isinstance(ids, dict) or hasattr(ids, "input_ids"):  # transformers 5 may return a BatchEncoding
         ids = ids["input_ids"]
@@ -181,21 +226,44 @@ def evaluate_generation(model, tokenizer, task: GenerationTask, docs, options: E
 
     chat = use_chat(tokenizer, options)
     max_tokens = options.max_tokens or task.max_tokens
+    limit = context_length(model)
+    room = limit - max_tokens if limit and limit > max_tokens else None
     totals: Dict[str, float] = {}
     examples = []
+    skipped, errors = Counter(), Counter()
+    scored = shortened = 0
+
+    def checked(step, *args):
+        """Runs a scoring step; a document that cannot be scored is counted, never fatal."""
+        try:
+            return step(*args), True
+        except SkipItem as reason:
+            skipped[str(reason)] += 1
+        except Exception as error:  # noqa: BLE001 - one bad document never ends the run
+            errors[f"{type(error).__name__}: {error}"] += 1
+        return None, False
+
     for index, doc in enumerate(docs):
-        shots = fewshot_docs(task, index, docs, options.shots, data=options.data, seed=options.seed)
-        prompt = build_prompt(tokenizer, task, doc, shots, chat)
+        report(1)
+        # Prepare first (the SQL test suite): an unscorable document costs no generation.
+        if task.prepare and not checked(task.prepare, doc)[1]:
+            continue
+        shots = fewshot_docs(task, index, docs, shots_for(task, options), data=options.data, seed=options.seed)
+        prompt, cut = fitted_prompt(tokenizer, task, doc, shots, chat, room)
         prediction = generate(model, tokenizer, prompt, max_tokens=max_tokens, stop=task.stop)
-        scores = task.score(prediction, doc)
+        scores, ok = checked(task.score, prediction, doc)
+        if not ok:
+            continue
+        scored += 1
+        shortened += cut
         for key, value in scores.items():
             totals[key] = totals.get(key, 0.0) + value
         if len(examples) < options.examples:
             examples.append({"prompt": task.to_prompt(doc)[-200:], "prediction": prediction.strip()[:300],
                              "reference": task.to_target(doc).strip()[:300], "scores": scores})
-        report(1)
-    n = len(docs)
-    return {key: value / n for key, value in totals.items()}, examples, n
+    notes = {"skipped": sum(skipped.values()), "skip_reasons": dict(skipped), "errors": sum(errors.values()),
+             "error_reasons": dict(errors), "truncated": shortened, "max_tokens": max_tokens}
+    return {key: value / scored for key, value in totals.items()}, examples, scored, notes
 
 
 # ---------------------------------------------------------------------------------------------

@@ -16,7 +16,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from mlxsmall.errors import MlxsmallError
 
-from . import metrics
+from . import metrics, sql_suite
+from .answers import extract_answer, extract_sql, extract_summary
 
 DATA_DIR = Path(__file__).parent / "data"
 
@@ -63,17 +64,26 @@ class MultipleChoiceTask(Task):
     kind: str = "multiple_choice"
 
 
+class SkipItem(Exception):
+    """A document that cannot be scored (a gold SQL query sqlite cannot run): the report
+    counts it, with the reason, instead of scoring it."""
+
+
 @dataclass
 class GenerationTask(Task):
     """Greedy generation from a prompt, scored against the document's references."""
 
     to_prompt: Callable[[dict], str] = None
     to_target: Callable[[dict], str] = None  # the answer a few-shot example shows
-    score: Callable[[str, dict], Dict[str, float]] = None
+    score: Callable[[str, dict], Dict[str, float]] = None  # finds the answer in the raw reply itself
     max_tokens: int = 64
-    stop: Sequence[str] = ("\n",)
+    stop: Sequence[str] = ()
     instruction: str = ""  # said once before few-shot examples
     kind: str = "generation"
+    system: str = ""  # a system prompt for the chat template (MobileAIBench's protocol)
+    prepare: Optional[Callable[[dict], None]] = None  # raises SkipItem before generating for an unscorable doc
+    long_field: str = ""  # the document field shortened when the prompt does not fit the model's context
+    protocol: str = "default"  # "default" (ours) or "mobileaibench" (eval/mobileaibench.py)
 
 
 @dataclass
@@ -277,13 +287,8 @@ def mmlu_choices(doc):
 # Generation tasks
 
 
-def _first_line(text: str) -> str:
-    text = text.strip()
-    return text.splitlines()[0].strip() if text else ""
-
-
 def qa_score(prediction: str, reference: str) -> Dict[str, float]:
-    answer = _first_line(prediction)
+    answer = extract_answer(prediction)
     return {"exact_match": metrics.exact_match(answer, reference), "f1": metrics.f1_score(answer, reference)}
 
 
@@ -300,31 +305,36 @@ def dolly_prompt(doc):
     return f"{context}Question: {doc['instruction']}\nAnswer:"
 
 
-def _words(text: str, limit: int) -> str:
-    words = text.split()
-    return " ".join(words[:limit]) + (" ..." if len(words) > limit else "")
-
-
 def cnn_prompt(doc):
-    return f"Article: {_words(doc['article'], 400)}\n\nSummary:"
+    return f"Article: {doc['article']}\n\nSummary:"
 
 
 def xsum_prompt(doc):
-    return f"Article: {_words(doc['document'], 400)}\n\nOne-sentence summary:"
+    return f"Article: {doc['document']}\n\nOne-sentence summary:"
 
 
 def rouge_score(prediction: str, reference: str) -> Dict[str, float]:
-    return metrics.rouge(prediction.strip(), reference)
+    return metrics.rouge(extract_summary(prediction), reference)
 
 
 def sql_prompt(doc):
     return f"Schema: {doc['context']}\nQuestion: {doc['question']}\nSQL:"
 
 
+def sql_suite_ready(doc: dict) -> None:
+    """Builds (and caches) the item's test suite before generating; SkipItem when the
+    schema or the gold query cannot be scored."""
+    try:
+        sql_suite.suite_for(doc["context"], doc["answer"])
+    except sql_suite.GoldError as error:
+        raise SkipItem(str(error)) from None
+
+
 def sql_score(prediction: str, doc: dict) -> Dict[str, float]:
-    query = _first_line(prediction).strip().strip("`").strip()
+    query = extract_sql(prediction)
+    sql_suite_ready(doc)
     return {
-        "execution_accuracy": metrics.sql_execution_match(query, doc["answer"], doc["context"]),
+        "execution_accuracy": sql_suite.execution_accuracy(query, doc["answer"], doc["context"]),
         "exact_match": metrics.sql_exact_match(query, doc["answer"]),
     }
 
@@ -411,27 +421,30 @@ for task in [
     GenerationTask("hotpotqa", description="HotpotQA multi-hop QA over given paragraphs (EM/F1)",
                    sample_file="hotpotqa.jsonl", hub=HubSource("hotpotqa/hotpot_qa", "distractor", "validation", "train"),
                    to_prompt=hotpot_prompt, to_target=lambda d: " " + d["answer"],
-                   score=lambda p, d: qa_score(p, d["answer"]), max_tokens=24,
+                   score=lambda p, d: qa_score(p, d["answer"]), max_tokens=512, stop=("\n\nContext:",),
                    instruction="Answer each question with a short phrase taken from the context.", group="qa"),
     GenerationTask("dolly", description="Databricks-Dolly open and closed QA (EM/F1)", sample_file="dolly.jsonl",
                    hub=HubSource("databricks/databricks-dolly-15k", None, "train", "train"),
                    keep=lambda d: d.get("category") in ("open_qa", "closed_qa", "information_extraction"),
                    to_prompt=dolly_prompt, to_target=lambda d: " " + d["response"],
-                   score=lambda p, d: qa_score(p, d["response"]), max_tokens=32,
-                   instruction="Answer each question briefly.", group="qa"),
+                   score=lambda p, d: qa_score(p, d["response"]), max_tokens=512,
+                   stop=("\n\nContext:", "\n\nQuestion:"), instruction="Answer each question briefly.", group="qa"),
     GenerationTask("cnn_dailymail", description="CNN/DailyMail news summarization (ROUGE)",
                    sample_file="cnn_dailymail.jsonl", hub=HubSource("abisee/cnn_dailymail", "3.0.0", "test", "train"),
                    to_prompt=cnn_prompt, to_target=lambda d: " " + d["highlights"],
-                   score=lambda p, d: rouge_score(p, d["highlights"]), max_tokens=80, stop=("\n\n", "Article:"),
-                   instruction="Summarize the article in two or three sentences.", group="summarization"),
+                   score=lambda p, d: rouge_score(p, d["highlights"]), max_tokens=200, stop=("\n\nArticle:",),
+                   long_field="article", instruction="Summarize the article in two or three sentences.",
+                   group="summarization"),
     GenerationTask("xsum", description="XSum one-sentence summarization (ROUGE)", sample_file="xsum.jsonl",
                    hub=HubSource("EdinburghNLP/xsum", None, "test", "train"),
                    to_prompt=xsum_prompt, to_target=lambda d: " " + d["summary"],
-                   score=lambda p, d: rouge_score(_first_line(p), d["summary"]), max_tokens=48,
-                   instruction="Summarize the article in one sentence.", group="summarization"),
-    GenerationTask("sql", description="sql-create-context text-to-SQL (sqlite execution accuracy, EM)",
+                   score=lambda p, d: rouge_score(p, d["summary"]), max_tokens=200, stop=("\n\nArticle:",),
+                   long_field="document", instruction="Summarize the article in one sentence.",
+                   group="summarization"),
+    GenerationTask("sql", description="sql-create-context text-to-SQL (test-suite execution accuracy, EM)",
                    sample_file="sql_create_context.jsonl", hub=HubSource("b-mc2/sql-create-context", None, "train", "train"),
-                   to_prompt=sql_prompt, to_target=lambda d: " " + d["answer"], score=sql_score, max_tokens=64,
+                   to_prompt=sql_prompt, to_target=lambda d: " " + d["answer"], score=sql_score, max_tokens=512,
+                   prepare=sql_suite_ready, stop=("\n\nSchema:",),
                    instruction="Write one SQLite query that answers the question. Reply with the query only.",
                    group="code"),
     PerplexityTask("wikitext", description="WikiText-2 perplexity (sample: an original wiki-style article)",

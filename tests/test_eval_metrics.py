@@ -46,29 +46,7 @@ def test_rouge_hand_computed():
 
 # --- SQL --------------------------------------------------------------------------------------
 
-SCHEMA = "CREATE TABLE head (name VARCHAR, age INTEGER)"
-
-
-def test_sql_execution_accuracy_in_sqlite():
-    gold = "SELECT COUNT(*) FROM head WHERE age > 56"
-    assert metrics.sql_execution_match("select count(*) from head where 56 < age;", gold, SCHEMA) == 1.0
-    assert metrics.sql_execution_match("SELECT COUNT(*) FROM head WHERE age > 10", gold, SCHEMA) == 0.0
-    assert metrics.sql_execution_match("SELEKT nonsense", gold, SCHEMA) == 0.0  # does not run
-    assert metrics.sql_execution_match("SELECT COUNT(*) FROM missing", gold, SCHEMA) == 0.0
-    # Results compare as multisets: row order does not matter, duplicates do.
-    assert metrics.sql_execution_match("SELECT name FROM head ORDER BY age DESC", "SELECT name FROM head", SCHEMA) == 1.0
-    assert metrics.sql_execution_match("SELECT DISTINCT name FROM head", "SELECT name FROM head", SCHEMA) == 0.0
-
-
-def test_sql_database_is_built_from_the_create_context():
-    connection = metrics.build_database("CREATE TABLE a (x INTEGER); CREATE TABLE b (y VARCHAR, z REAL)", rows=5)
-    assert connection.execute("SELECT COUNT(*) FROM a").fetchone() == (5,)
-    assert connection.execute("SELECT COUNT(*) FROM b").fetchone() == (5,)
-
-
-def test_sql_gold_that_does_not_run_is_an_error():
-    with pytest.raises(ValueError, match="gold query"):
-        metrics.sql_execution_match("SELECT 1", "SELECT * FROM nowhere", SCHEMA)
+# Execution accuracy (test suites): tests/test_sql_suite.py
 
 
 def test_sql_exact_match_normalisation():

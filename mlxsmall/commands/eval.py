@@ -16,6 +16,9 @@ tasks (groups in brackets):
 Every task ships a small sample set written for mlxsmall (--data sample, the default,
 offline); --data hub downloads the real dataset with the `datasets` package.
 Multiple choice is scored by log-likelihood (acc: summed, acc_norm: per character).
+Generation tasks (--protocol): default = our prompts, test-suite SQL execution accuracy,
+SQuAD EM/F1, ROUGE-1/2/L; mobileaibench = MobileAIBench's prompts, caps and metrics
+(SQL: Levenshtein ratio, clause F1; QA: EM, F1, BLEU; summaries: ROUGE-1/L); both = side by side.
 
 examples:
   mlxsmall eval --tasks commonsense --limit 20
@@ -48,6 +51,9 @@ def register(subparsers):
     parser.add_argument("--chat", choices=["auto", "on", "off"], default="auto",
                         help="generation prompts through the chat template (auto: when the tokenizer has one)")
     parser.add_argument("--max-tokens", type=int, default=None, help="override each generation task's budget")
+    parser.add_argument("--protocol", choices=["default", "mobileaibench", "both"], default="default",
+                        help="how generation tasks are prompted and scored (default: ours; mobileaibench: as the "
+                        "MobileAIBench paper; both: side by side)")
     parser.add_argument("--window", type=int, default=512, help="perplexity window in tokens (default 512)")
     parser.add_argument("--text-file", help="also measure perplexity on this text file")
     parser.add_argument("--seed", type=int, default=0, help="seed for few-shot example choice")
@@ -85,7 +91,8 @@ def run(args):
     base = str(model_path(args))
     variants = [parse_variant(spec, base) for spec in (args.compare or [base])]
     options = EvalOptions(limit=args.limit, shots=args.shots, batch_size=args.batch_size, data=args.data,
-                          chat=args.chat, max_tokens=args.max_tokens, seed=args.seed, window=args.window)
+                          chat=args.chat, max_tokens=args.max_tokens, seed=args.seed, window=args.window,
+                          protocol=args.protocol)
     runs = run_with_progress(variants, tasks, options, dense_on_cpu=not args.keep_quantized)
 
     table = eval_markdown(runs)
