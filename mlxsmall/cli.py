@@ -71,9 +71,8 @@ def main(argv=None):
     except Exception as error:  # the last resort: one line, the traceback behind --debug
         if debug:
             traceback.print_exc()
-        print(f"mlxsmall: error: {describe_unexpected(error)}", file=sys.stderr)
-        if not debug:
-            print("mlxsmall: (run with --debug for the full traceback)", file=sys.stderr)
+        hint = "" if debug else "; --debug shows the traceback"
+        print(f"mlxsmall: error: {describe_unexpected(error)}{hint}", file=sys.stderr)
         return 2
 
 
@@ -81,7 +80,9 @@ def describe_unexpected(error: BaseException) -> str:
     """``<what> (<ExceptionType>)``, naming the file when the error or its traceback knows it."""
     what = " ".join(str(error).split()) or "unexpected error"
     filename = getattr(error, "filename", None)
-    if filename and str(filename) not in what:
+    if isinstance(error, OSError) and filename and error.strerror:
+        what = f"{filename}: {error.strerror}"
+    elif filename and str(filename) not in what:
         what = f"{filename}: {what}"
     if len(what) > 300:
         what = what[:297] + "..."

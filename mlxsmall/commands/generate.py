@@ -61,9 +61,7 @@ def run(args):
         print(f"model: {path}  weights: {weights_description(model)}  "
               f"prompt: {'chat template' if chat else 'raw'}", file=sys.stderr)
     if chat:
-        prompt = tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
-        )
+        prompt = apply_chat_template(tokenizer, [{"role": "user", "content": prompt}], path)
     tokens = encode_prompt(tokenizer, prompt)
     max_tokens = fit_context(len(tokens), args.max_tokens, read_config(path), path, args.quiet)
     last = None
@@ -83,6 +81,20 @@ def run(args):
     if last is not None and not args.quiet:
         print(format_stats(last), file=sys.stderr)
     return 0
+
+
+def apply_chat_template(tokenizer, messages, path) -> str:
+    """The prompt text; a template that fails (or that the Jinja sandbox blocks) is one line."""
+    from jinja2 import TemplateError
+
+    from ..errors import MlxsmallError
+
+    try:
+        return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    except TemplateError as error:
+        source = path / "chat_template.jinja"
+        source = source if source.is_file() else path / "tokenizer_config.json"
+        raise MlxsmallError(f"{source}: the chat template failed: {error} ({type(error).__name__})") from None
 
 
 def fit_context(prompt_tokens: int, max_tokens: int, config: dict, path, quiet: bool) -> int:
