@@ -21,7 +21,7 @@ Run, quantize, convert, evaluate and finetune small on-device language models
 (MobileLLM, MobiLlama, llama-family models like SmolLM2) with MLX.
 
 examples:
-  mlxsmall generate -p "The capital of France is"     # offline default model
+  mlxsmall generate -p "What is the capital of France?"   # offline default model
   mlxsmall chat mobillama-q4                          # download, convert, quantize, chat
   mlxsmall info mobilellm-125m
   mlxsmall quantize ./my-model -o ./my-model-q4 --bits 4

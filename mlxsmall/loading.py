@@ -214,19 +214,25 @@ def resolve_model_path(path_or_alias: Union[str, Path]) -> Path:
 
 
 def load(
-    path_or_alias: Union[str, Path],
+    path_or_alias: Optional[Union[str, Path]] = None,
     *,
     dtype: Optional[str] = "auto",
     dequantize: Optional[bool] = None,
 ):
-    """Load ``(model, tokenizer)`` from a directory, alias or HF repo id.
+    """Load ``(model, tokenizer)`` from a directory, alias or HF repo id (none: the offline
+    default model, SmolLM2-135M-Instruct, converted into the cache on first use).
 
     Defaults follow the hardware: on CPU, quantized and half-precision models
     run as fp32 (MLX's CPU quantized and bf16 kernels are several times slower
     than its OpenBLAS fp32 path); elsewhere the stored format is kept.
     ``dtype=None`` and ``dequantize=False`` keep the weights exactly as stored.
     """
-    model_dir = resolve_model_path(path_or_alias)
+    if path_or_alias is None:
+        from .hub import default_model_path
+
+        model_dir = default_model_path()
+    else:
+        model_dir = resolve_model_path(path_or_alias)
     cpu = running_on_cpu()
     if dequantize is None:
         dequantize = cpu

@@ -8,48 +8,19 @@ The default model is converted once per session into a shared temporary cache.
 
 import argparse
 import json
-import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-PROGRAM = Path(sys.executable).with_name("mlxsmall")
-
-
-def mlxsmall(*args, env, stdin=None, timeout=600):
-    command = [str(PROGRAM)] if PROGRAM.exists() else [sys.executable, "-m", "mlxsmall"]
-    return subprocess.run(command + [str(a) for a in args], input=stdin, capture_output=True,
-                          text=True, env=env, timeout=timeout)
-
-
-def user_env(root: Path, cache: Path, **extra) -> dict:
-    """A new user's environment: empty HOME, caches under ``root``, offline, no project settings."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("MLXSMALL_", "HF_", "HUGGINGFACE_", "XDG_", "TRANSFORMERS_"))}
-    env.update(HOME=str(root / "home"), XDG_CACHE_HOME=str(cache), HF_HOME=str(root / "hf"),
-               HF_HUB_OFFLINE="1", PYTHONDONTWRITEBYTECODE="1")
-    (root / "home").mkdir(parents=True, exist_ok=True)
-    env.update(extra)
-    return env
-
-
-def assert_one_line_error(result, *fragments):
-    assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
-    assert "Traceback" not in result.stderr, result.stderr
-    lines = result.stderr.strip().splitlines()
-    errors = [line for line in lines if "error:" in line]
-    assert len(errors) == 1, result.stderr
-    for fragment in fragments:
-        assert fragment in errors[0], errors[0]
-    return errors[0]
+sys.path.insert(0, str(Path(__file__).parent))  # tests/ helper modules (pytest runs in importlib mode)
+from user_cli import assert_one_line_error, mlxsmall, user_env  # noqa: E402
 
 
 @pytest.fixture(scope="session")
-def shared_cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("xdg-cache")
+def shared_cache(user_cache):
+    return user_cache
 
 
 @pytest.fixture

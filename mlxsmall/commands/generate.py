@@ -10,7 +10,8 @@ from ._common import (
 
 EPILOG = """\
 examples:
-  mlxsmall generate -p "The capital of France is"
+  mlxsmall generate -p "What is the capital of France?"      # chat template applied
+  mlxsmall generate -p "The capital of France is" --raw      # plain completion
   mlxsmall generate mobillama-q4 -p "Write a haiku about the sea" --temp 0.7 --seed 1
   mlxsmall generate ./my-model -p "def fib(n):" --stop "\\n\\n" -m 64
   mlxsmall generate ./my-vlm --image photo.jpg -p "What colour is the car?"
