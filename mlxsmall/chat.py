@@ -65,10 +65,13 @@ class ChatSession:
         budget = self.context_length - self.max_tokens
         tokens = self.render(self.messages)
         first_turn = 1 if self.messages and self.messages[0]["role"] == "system" else 0
+        dropped = 0
         while len(tokens) > budget and len(self.messages) - first_turn > 1:
             del self.messages[first_turn]
             tokens = self.render(self.messages)
-            self.notices.append("context full: dropped the oldest turn")
+            dropped += 1
+        if dropped:  # one notice per turn, however many messages went
+            self.notices.append(f"context full: dropped the oldest turn ({dropped} message{'s' * (dropped > 1)})")
         if len(tokens) > budget:
             tokens = tokens[-budget:]
             self.notices.append(f"message too long: kept its last {budget} tokens")

@@ -16,6 +16,7 @@ from mlx_lm.sample_utils import make_logits_processors, make_sampler
 
 from . import events
 
+PREFILL_STEP = 512  # prompt tokens per forward pass while pre-filling (one "prefill" event each)
 
 @dataclass
 class GenerationStep:
@@ -110,6 +111,9 @@ def stream_generate(
         sampler=sampler,
         logits_processors=processors,
         prompt_cache=prompt_cache,
+        prefill_step_size=PREFILL_STEP,
+        prompt_progress_callback=lambda done, total: events.publish(
+            "generation", phase="prefill", processed=done, total=total),
         **extra,
     ):
         if first_token_time is None:

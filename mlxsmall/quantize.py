@@ -6,13 +6,16 @@ MobiLlama's FFN is one module (``model.shared_mlp``) and layer-shared blocks
 are stored once, so each is quantized and stored once.
 """
 
+from __future__ import annotations
+
 import copy
 import re
-from typing import Callable, Optional, Union
-
-import mlx.nn as nn
+from typing import TYPE_CHECKING, Callable, Optional, Union
 
 from .errors import MlxsmallError
+
+if TYPE_CHECKING:
+    import mlx.nn as nn
 
 SUPPORTED_BITS = (2, 3, 4, 5, 6, 8)
 # mlx-lm's recipe names (low bits, high bits), llama.cpp Q*_K_M-like choices.
@@ -89,6 +92,8 @@ def quantize_model(
         elif choice is False:
             return False
         return choice
+
+    import mlx.nn as nn  # here, so that `mlxsmall quantize --help` does not load MLX
 
     nn.quantize(model, group_size=group_size, bits=bits, class_predicate=choose)
     config["quantization_config"] = config["quantization"]

@@ -28,11 +28,13 @@ class ModelEntry:
     group_size: int = 64
     dtype: Optional[str] = None  # cast to this dtype on conversion (None keeps the checkpoint's)
     description: str = ""
+    name: Optional[str] = None  # the table's own alias, whatever short name or suffix reached it
 
     @property
     def cache_name(self) -> str:
-        """Directory name of the converted model under the cache."""
-        base = self.alias if self.repo.startswith("pip:") else self.repo.replace("/", "--")
+        """Directory name of the converted model under the cache: one per model and precision,
+        whichever alias named it (`smollm2` and `smollm2-135m-instruct` share one)."""
+        base = (self.name or self.alias) if self.repo.startswith("pip:") else self.repo.replace("/", "--")
         suffix = f"-q{self.bits}g{self.group_size}" if self.bits else (f"-{self.dtype}" if self.dtype else "")
         return f"{base}{suffix}"
 
@@ -114,6 +116,7 @@ def lookup(name: str) -> Optional[ModelEntry]:
     entry = ENTRIES.get(base)
     if entry is None:
         return None
+    entry = replace(entry, name=entry.alias)
     return _with_suffix(entry, suffix, key) if suffix else replace(entry, alias=key)
 
 

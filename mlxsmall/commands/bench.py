@@ -66,7 +66,7 @@ def run(args):
     from rich.console import Console
 
     console = Console(stderr=True)
-    console.print(f"energy: {meter.describe()}")
+    console.print(f"energy: {meter.describe()}", markup=False)  # keeps `mlxsmall[nvidia]` as written
     with console.status("") as status:
         state = {"variant": ""}
 

@@ -182,7 +182,45 @@ def format_loss(value):
     return "n/a (no validation data)" if value is None else f"{value:.4f}"
 
 
+def check_data(data: str) -> None:
+    """Refuse missing training data in a fraction of a second (the trainer reads it after the model)."""
+    from pathlib import Path
+
+    from ..errors import MlxsmallError
+    from ..hub import looks_like_path
+    from ..train.data import find_split
+
+    path = Path(data).expanduser()
+    if path.is_dir():
+        if find_split(path, "train") is None:
+            raise MlxsmallError(f"{path}: no train.jsonl in this directory")
+    elif not path.is_file():
+        if looks_like_path(data) or "/" not in data:
+            raise MlxsmallError(f"{data}: no such file or directory")
+        import importlib.util
+
+        if importlib.util.find_spec("datasets") is None:
+            raise MlxsmallError(f"{data}: not a local file or directory; to use a hub dataset "
+                                "install the 'datasets' package (pip install datasets)")
+
+
+def check_output(output: str, *, resume: bool, force: bool) -> None:
+    from pathlib import Path
+
+    from ..errors import MlxsmallError
+    from ..train.checkpoint import checkpoint_dirs
+
+    output_dir = Path(output).expanduser()
+    if output_dir.exists() and not output_dir.is_dir():
+        raise MlxsmallError(f"{output_dir}: is a file; -o needs a directory")
+    if not resume and not force and checkpoint_dirs(output_dir / "checkpoints"):
+        raise MlxsmallError(f"{output_dir}: holds checkpoints of an earlier run; pass --resume "
+                            "to continue it or --force to start over")
+
+
 def run(args):
+    check_data(args.data)  # before the seconds of loading the model, not after
+    check_output(args.output, resume=args.resume, force=args.force)
     from ..train.finetune import FinetuneSettings, finetune
     from ._common import model_path
 

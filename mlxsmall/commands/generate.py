@@ -1,6 +1,7 @@
 """mlxsmall generate: stream one completion to stdout."""
 
 import sys
+from contextlib import contextmanager
 
 from ._common import (
     add_image_argument, add_model_argument, add_sampling_arguments, load_for_run, sampling_kwargs,
@@ -9,7 +10,8 @@ from ._common import (
 
 EPILOG = """\
 examples:
-  mlxsmall generate -p "The capital of France is"
+  mlxsmall generate -p "What is the capital of France?"      # chat template applied
+  mlxsmall generate -p "The capital of France is" --raw      # plain completion
   mlxsmall generate mobillama-q4 -p "Write a haiku about the sea" --temp 0.7 --seed 1
   mlxsmall generate ./my-model -p "def fib(n):" --stop "\\n\\n" -m 64
   mlxsmall generate ./my-vlm --image photo.jpg -p "What colour is the car?"
@@ -25,8 +27,12 @@ def register(subparsers):
     )
     add_model_argument(parser)
     parser.add_argument("-p", "--prompt", required=True, help="prompt text, or - to read stdin")
-    parser.add_argument("--chat", action="store_true",
-                        help="wrap the prompt in the model's chat template as one user turn")
+    template = parser.add_mutually_exclusive_group()
+    template.add_argument("--chat", action="store_true",
+                          help="wrap the prompt in the model's chat template as one user turn "
+                          "(the default when the model has one)")
+    template.add_argument("--raw", "--ignore-chat-template", dest="raw", action="store_true",
+                          help="plain completion: feed the prompt as is, without the chat template")
     add_image_argument(parser)
     add_sampling_arguments(parser)
     verbosity = parser.add_mutually_exclusive_group()
@@ -36,8 +42,7 @@ def register(subparsers):
 
 
 def run(args):
-    from ..generation import stream_generate
-    from ..loading import stop_strings
+    from ..errors import MlxsmallError
 
     if vision_language_route(args):
         from .vlm import run_generate
@@ -45,29 +50,121 @@ def run(args):
         args.no_chat = False
         return run_generate(args)
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+    if not prompt.strip():
+        raise MlxsmallError("the prompt is empty: pass some text with -p (or -p - to read stdin)")
+
+    from ..generation import encode_prompt, stream_generate
+    from ..loading import read_config, stop_strings
+
     model, tokenizer, path = load_for_run(args)
+    chat = not args.raw and bool(getattr(tokenizer, "chat_template", None))
     if args.verbose:
-        print(f"model: {path}  dtype: {args.dtype}", file=sys.stderr)
-    if args.chat and getattr(tokenizer, "chat_template", None):
-        prompt = tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
-        )
+        print(f"model: {path}  weights: {weights_description(model)}  "
+              f"prompt: {'chat template' if chat else 'raw'}", file=sys.stderr)
+    if chat:
+        prompt = apply_chat_template(tokenizer, [{"role": "user", "content": prompt}], path)
+    tokens = encode_prompt(tokenizer, prompt)
+    max_tokens = fit_context(len(tokens), args.max_tokens, read_config(path), path, args.quiet)
     last = None
-    try:
-        for step in stream_generate(
-            model, tokenizer, prompt, max_tokens=args.max_tokens,
-            stop=args.stop + (stop_strings(path) if args.chat else []),
-            **sampling_kwargs(args),
-        ):
-            sys.stdout.write(step.text)
-            sys.stdout.flush()
-            last = step
-    except KeyboardInterrupt:
-        print("\n[stopped]", file=sys.stderr)
+    with prefill_progress(len(tokens), quiet=args.quiet):
+        try:
+            for step in stream_generate(
+                model, tokenizer, tokens, max_tokens=max_tokens,
+                stop=args.stop + (stop_strings(path) if chat else []),
+                **sampling_kwargs(args),
+            ):
+                sys.stdout.write(step.text)
+                sys.stdout.flush()
+                last = step
+        except KeyboardInterrupt:
+            print("\n[stopped]", file=sys.stderr)
     print()
     if last is not None and not args.quiet:
         print(format_stats(last), file=sys.stderr)
     return 0
+
+
+def apply_chat_template(tokenizer, messages, path) -> str:
+    """The prompt text; a template that fails (or that the Jinja sandbox blocks) is one line."""
+    from jinja2 import TemplateError
+
+    from ..errors import MlxsmallError
+
+    try:
+        return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    except TemplateError as error:
+        source = path / "chat_template.jinja"
+        source = source if source.is_file() else path / "tokenizer_config.json"
+        raise MlxsmallError(f"{source}: the chat template failed: {error} ({type(error).__name__})") from None
+
+
+def fit_context(prompt_tokens: int, max_tokens: int, config: dict, path, quiet: bool) -> int:
+    """Refuse a prompt that fills the model's context; shorten the answer to what still fits."""
+    from ..errors import MlxsmallError
+
+    context = config.get("max_position_embeddings")
+    if not isinstance(context, int) or context <= 0:
+        return max_tokens
+    if prompt_tokens >= context:
+        raise MlxsmallError(
+            f"the prompt is {prompt_tokens} tokens but the model's context is {context} "
+            f"({path / 'config.json'}: max_position_embeddings); shorten it (nothing was truncated)"
+        )
+    if prompt_tokens + max_tokens > context:
+        if not quiet:
+            print(f"mlxsmall: note: generating at most {context - prompt_tokens} tokens "
+                  f"(prompt {prompt_tokens} + answer fill the {context}-token context)", file=sys.stderr)
+        return context - prompt_tokens
+    return max_tokens
+
+
+PROGRESS_FROM_TOKENS = 1024  # shorter prompts pre-fill in about a second
+
+
+@contextmanager
+def prefill_progress(prompt_tokens: int, quiet: bool):
+    """Show the generation loop's pre-fill events on stderr for long prompts."""
+    from .. import events
+
+    if quiet or prompt_tokens < PROGRESS_FROM_TOKENS:
+        yield
+        return
+    terminal = sys.stderr.isatty()
+
+    def show(event):
+        if event.get("phase") != "prefill":
+            return
+        done, total = event["processed"], event["total"]
+        line = f"mlxsmall: pre-filling the prompt: {done}/{total} tokens"
+        if terminal:
+            print("\r" + line, end="\n" if done >= total else "", file=sys.stderr, flush=True)
+        else:
+            print(line, file=sys.stderr, flush=True)
+
+    unsubscribe = events.subscribe(show)
+    try:
+        yield
+    finally:
+        unsubscribe()
+
+
+def weights_description(model) -> str:
+    """What the weights run as, e.g. ``float32`` or ``4-bit (group 32) + float16``."""
+    from collections import Counter
+
+    import mlx.core as mx
+    from mlx.utils import tree_flatten
+
+    floats = Counter(
+        v.dtype for _, v in tree_flatten(model.parameters()) if mx.issubdtype(v.dtype, mx.floating)
+    )
+    dtype = str(floats.most_common(1)[0][0]).removeprefix("mlx.core.") if floats else "none"
+    quantized = {(m.bits, m.group_size) for _, m in model.named_modules() if hasattr(m, "bits")
+                 and hasattr(m, "group_size")}
+    if not quantized:
+        return dtype
+    bits = ", ".join(f"{b}-bit (group {g})" for b, g in sorted(quantized))
+    return f"{bits} + {dtype}"
 
 
 def format_stats(step) -> str:

@@ -1,6 +1,7 @@
 """mlxsmall quantize: write a quantized copy of a model."""
 
 import argparse
+from pathlib import Path
 
 from ..quantize import RECIPES, SUPPORTED_BITS
 
@@ -36,6 +37,11 @@ def register(subparsers):
 
 
 def run(args):
+    from ..errors import MlxsmallError
+
+    output = Path(args.output).expanduser()
+    if output.exists() and not args.force:  # before the seconds of loading, not after
+        raise MlxsmallError(f"{output}: already exists (pass --force to replace it)")
     from ..loading import load_model, resolve_model_path, save_model
     from ..quantize import bits_per_weight, quantize_model
 

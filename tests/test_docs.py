@@ -1,0 +1,147 @@
+"""Every command and code block of README.md and docs/**/*.md, run as written, offline, from a
+clean HOME (the `mlxsmall` program in a subprocess, as a user types it).
+
+Blocks tagged bash/sh/python run; untagged blocks run when every line is an `mlxsmall` command
+(the docs' command synopses). Each command must succeed, except that a command naming a model or
+file that exists only online (or is a placeholder such as ./model) must fail with the one-line
+message, never a traceback. Commands that cannot run here are listed in SKIP with the reason;
+long ones are marked slow (CI runs them).
+"""
+
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))  # tests/ helper modules (pytest runs in importlib mode)
+from user_cli import assert_one_line_error, mlxsmall, user_env  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = [ROOT / "README.md"] + sorted((ROOT / "docs").rglob("*.md"))
+
+# Commands that cannot run in a test, by prefix, with the reason.
+SKIP = {
+    "bash scripts/install.sh": "installs the tool and its dependencies from the package registries "
+                               "(network, minutes); .ci/run runs it first on a clean machine",
+    "python -m pytest": "the test suite itself",
+    "mlxsmall dashboard": "a full-screen terminal app that runs until quit (tests/test_tui*.py drive it)",
+    "mlx.launch": "starts several training processes (tests/test_train_distributed.py runs two)",
+}
+SKIP_FILES = {
+    "docs/eval/README.md": "reproduces a published table (30 minutes to hours on 2 cores each); "
+                           "tests/test_eval_*.py and test_bench.py run the same code on tiny models",
+}
+# Commands that take minutes with the real default model on 2 CPU cores.
+SLOW = ("mlxsmall eval", "mlxsmall bench", "mlxsmall finetune", "mlxsmall fuse", "mlxsmall pretrain",
+        "mlxsmall vlm train", "mlxsmall vlm eval")
+# A command that names one of these needs something that exists only online (a Hugging Face
+# checkpoint) or a placeholder path the reader replaces: offline it must fail in one line.
+ONLINE_OR_PLACEHOLDER = re.compile(
+    r"mobillama|mobilellm|facebook/|openai/|clip-vit|llava|my-vlm|\./vlm|\./model\b|TOKDIR|corpus|"
+    r"captions\.jsonl|data/|data\.jsonl|\[--|\.\.\.|example\.com|smollm2\b(?!-)")
+
+
+def fenced_blocks(path: Path):
+    """``(language, first line number, text)`` of each fenced block."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    block, language, start = None, None, 0
+    for number, line in enumerate(lines, 1):
+        if line.startswith("```"):
+            if block is None:
+                block, language, start = [], line[3:].strip().lower(), number + 1
+            else:
+                yield language, start, "\n".join(block)
+                block = None
+        elif block is not None:
+            block.append(line)
+
+
+def shell_commands(text: str):
+    """``(line offset, command)`` for each command: continuations joined, comments dropped,
+    `a && b` split into its commands."""
+    joined, offset, pending = [], 0, ""
+    for index, line in enumerate(text.splitlines()):
+        if not pending:
+            offset = index
+        if line.rstrip().endswith("\\"):
+            pending += line.rstrip()[:-1] + " "
+            continue
+        joined.append((offset, pending + line))
+        pending = ""
+    for offset, line in joined:
+        words = shlex.split(line, comments=True)
+        command = []
+        for word in words + ["&&"]:
+            if word == "&&":
+                if command:
+                    yield offset, command
+                command = []
+            else:
+                command.append(word)
+
+
+def doc_cases():
+    cases = []
+    for path in DOCS:
+        name = path.relative_to(ROOT).as_posix()
+        for language, start, text in fenced_blocks(path):
+            if language == "python":
+                cases.append(pytest.param(name, "python", text, id=f"{name}:{start}"))
+                continue
+            commands = list(shell_commands(text))
+            if language not in ("bash", "sh", "shell", "console"):
+                if language or not commands or not all(c[0] == "mlxsmall" for _, c in commands):
+                    continue  # a diagram or a listing, not commands
+            for offset, command in commands:
+                line = shlex.join(command)
+                marks = [pytest.mark.slow] if line.startswith(SLOW) else []
+                cases.append(pytest.param(name, "bash", command, id=f"{name}:{start + offset}:{line[:60]}",
+                                          marks=marks))
+    return cases
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory, user_cache):
+    """One directory for every command, in document order (`fuse` uses what `finetune` wrote)."""
+    root = tmp_path_factory.mktemp("docs")
+    cwd = root / "cwd"
+    samples = cwd / "mlxsmall" / "train" / "samples"
+    samples.mkdir(parents=True)
+    for file in (ROOT / "mlxsmall" / "train" / "samples").glob("*.jsonl"):
+        (samples / file.name).write_bytes(file.read_bytes())
+    from mlxsmall.hub import find_pip_gguf
+    from mlxsmall.registry import SMOLLM2_GGUF, SMOLLM2_PACKAGE
+
+    # `mlxsmall convert model.gguf` stands for any llama-family GGUF: give it the default's.
+    (cwd / "model.gguf").symlink_to(find_pip_gguf(SMOLLM2_PACKAGE, SMOLLM2_GGUF))
+    return cwd, user_env(root, user_cache)
+
+
+@pytest.mark.parametrize("source, language, code", doc_cases())
+def test_doc_block_runs(source, language, code, workdir):
+    cwd, env = workdir
+    if source in SKIP_FILES:
+        pytest.skip(SKIP_FILES[source])
+    if language == "python":
+        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                env=env, cwd=cwd.parent, timeout=600)
+        assert result.returncode == 0, result.stderr
+        return
+    line = shlex.join(code)
+    for prefix, reason in SKIP.items():
+        if line.startswith(prefix):
+            pytest.skip(reason)
+    if code[0] != "mlxsmall":
+        pytest.fail(f"{line}: not an mlxsmall command; run it here or add it to SKIP with the reason")
+    result = mlxsmall(*code[1:], env=env, cwd=cwd, stdin="")
+    if ONLINE_OR_PLACEHOLDER.search(line):
+        if result.returncode != 0:
+            assert_one_line_error(result)
+        return
+    assert result.returncode == 0, (result.stdout[-2000:], result.stderr[-2000:])
+    if "haiku" in line:
+        verses = [verse for verse in result.stdout.splitlines() if verse.strip()]
+        assert len(verses) == 3, result.stdout  # a haiku, not "."
