@@ -35,7 +35,9 @@ def expected_answer(model_dir, prompt, max_tokens):
 
 def screen_fragment(answer: str) -> str:
     """The longest plain stretch of the (random model's) answer, as the page would show it."""
-    return max(re.findall(r"[A-Za-z0-9]{3,}", answer) or ["Assistant"], key=len)[:10]
+    runs = re.findall(r"[!-~]{3,}", answer)  # printable ASCII
+    assert runs, f"the tiny model's answer has nothing plain to look for: {answer!r}"
+    return max(runs, key=len)[:10]
 
 
 def test_ipad_page_streams_an_answer_and_opens_the_bench_tab(make_tiny_model, tmp_path):
@@ -51,7 +53,7 @@ def test_ipad_page_streams_an_answer_and_opens_the_bench_tab(make_tiny_model, tm
             context, page, screen = open_page(playwright, url, tmp_path / "chromium-profile")
             try:
                 wait_until(lambda: "unique)" in screen.text, "the model to load in the page", timeout=300, page=page)
-                page.click(".xterm-screen")
+                page.focus(".xterm-helper-textarea")  # keys to the terminal; the app's prompt has focus
                 before = len(screen.chunks)
                 page.keyboard.type("Hello")
                 page.keyboard.press("Enter")
@@ -73,6 +75,12 @@ def test_ipad_page_streams_an_answer_and_opens_the_bench_tab(make_tiny_model, tm
                 page.screenshot(path=str(shot))
                 print(f"screenshots: {ARTIFACTS / 'dashboard-chat.png'} {shot}")
                 assert shot.stat().st_size > 10_000  # a drawn page, not a blank one
+            except AssertionError:
+                ARTIFACTS.mkdir(parents=True, exist_ok=True)
+                page.screenshot(path=str(ARTIFACTS / "dashboard-failure.png"))
+                print(f"expected fragment {fragment!r}; the page received (last 2000 chars):\n"
+                      f"{screen.squeeze(screen.text)[-2000:]}")
+                raise
             finally:
                 context.close()
     finally:
