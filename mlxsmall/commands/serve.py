@@ -67,6 +67,8 @@ def run(args):
         print("note: listening beyond this machine without --api-key", file=sys.stderr, flush=True)
     try:
         server.serve_forever()
+    except KeyboardInterrupt:  # Ctrl+C is how a server is stopped: not an error
+        print("stopped", file=sys.stderr)
     finally:
         server.server_close()
         server.worker.close()
