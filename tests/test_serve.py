@@ -40,6 +40,7 @@ def test_models_lists_the_served_model(client):
     assert MODEL_ID in ids
 
 
+@pytest.mark.slow  # runs `mlxsmall generate` in a second process
 def test_completion_matches_the_cli(client, server, tmp_path):
     reply = client.completions.create(model=MODEL_ID, prompt="The capital of France is", max_tokens=8,
                                       temperature=0)
@@ -192,6 +193,7 @@ def test_malformed_requests_get_error_objects(server):
     assert status == 200 and body["choices"][0]["message"]["role"] == "assistant"
 
 
+@pytest.mark.slow  # starts a second server
 def test_api_key_is_checked(make_tiny_model, tmp_path):
     process, url, _ = start_server(make_tiny_model("mobilellm"), tmp_path, "--api-key", "sesame")
     try:

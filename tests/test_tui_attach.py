@@ -43,6 +43,7 @@ def text_of(app, widget_type) -> str:
     return "\n".join(str(part.render()) for part in parts)
 
 
+@pytest.mark.slow  # a live server in a subprocess
 def test_attached_dashboard_shows_the_servers_requests(server):
     client = openai.OpenAI(base_url=server + "/v1", api_key="x", timeout=TIMEOUT, max_retries=0)
     queue_lengths = []
