@@ -13,7 +13,7 @@ from .errors import MlxsmallError
 # One module per subcommand under mlxsmall/commands/, in the order `--help` lists them.
 COMMANDS = [
     "generate", "chat", "info", "quantize", "convert", "export", "models",
-    "dashboard", "eval", "bench", "finetune", "fuse", "pretrain", "vlm",
+    "dashboard", "serve", "eval", "bench", "finetune", "fuse", "pretrain", "vlm",
 ]
 
 DESCRIPTION = """\

@@ -10,7 +10,9 @@ if [ "$(uname -s)" = Linux ] && command -v apt-get >/dev/null 2>&1; then
   SUDO=""
   [ "$(id -u)" = 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq libopenblas0-pthread tmux >/dev/null
+  # chromium: the browser tests of `mlxsmall dashboard --serve` drive it with Playwright
+  # (pointed at /usr/bin/chromium, so Playwright downloads no browser of its own).
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq libopenblas0-pthread tmux chromium >/dev/null
 fi
 
 PYTHON="${PYTHON:-python3}"

@@ -48,6 +48,14 @@ class JobDone(Message):
         self.name, self.result, self.error = name, result, error
 
 
+class FeedStatus(Message):
+    """The link to an attached server changed (connected, lost, refused)."""
+
+    def __init__(self, status: str):
+        super().__init__()
+        self.status = status
+
+
 class BenchProgress(Message):
     def __init__(self, status: str, report=None):
         super().__init__()
@@ -84,8 +92,15 @@ class DashboardApp(App):
         export_dir=".",
         meter: Optional[PowerMeter] = None,
         theme: str = "textual-dark",
+        attach: Optional[str] = None,
+        api_key: Optional[str] = None,
     ):
         super().__init__()
+        self.attach = attach  # URL of a running `mlxsmall serve` to watch (and chat through)
+        self.api_key = api_key
+        self._feed = None
+        self._feed_status = "connecting…"
+        self._remote_messages: list = []
         self.model_path = Path(model_path) if model_path else None
         self.dtype = dtype
         self.max_tokens = max_tokens
@@ -146,6 +161,13 @@ class DashboardApp(App):
         if self.model_path is not None:
             self.worker = MLXWorker()
             self._start("load", self._load_job)
+        elif self.attach:
+            from .attach import Feed
+
+            self.worker = MLXWorker(name="server-client")  # sends prompts; the server does the MLX work
+            # The feed thread only appends to the event queue (thread-safe), like a local publisher.
+            self._feed = Feed(self.attach, self._events.append,
+                              lambda status: self.post_message(FeedStatus(status)), api_key=self.api_key).start()
 
     def _bench_intro(self) -> str:
         config = self.bench_config
@@ -157,7 +179,7 @@ class DashboardApp(App):
 
     def _queue_event(self, event) -> None:
         # Runs on the publisher's thread (the worker): only a thread-safe append here.
-        if event.kind in ("generation", "telemetry"):
+        if event.kind in ("generation", "telemetry", "serve"):
             self._events.append(event)
 
     def drain_events(self) -> None:
@@ -172,6 +194,8 @@ class DashboardApp(App):
         self._shown_version = self.metrics.version
         self.query_one(SpeedPanel).show(self.metrics)
         self.query_one(MemoryPowerPanel).show(self.metrics)
+        if self.attach:
+            self.query_one(ModelPanel).show_server(self.attach, self.metrics.server_model, self._feed_status)
         if self._reply is not None and self.metrics.started == self._reply_request:
             self.query_one(ChatLog).stream_into(self._reply, Text(self.metrics.text))
 
@@ -296,6 +320,22 @@ class DashboardApp(App):
                 bench_view.show(self.bench_report)
                 bench_view.set_status(f"Done: {len(self.bench_report.rows)} rows. Ctrl+S exports.")
 
+    @on(FeedStatus)
+    def feed_status(self, message: FeedStatus) -> None:
+        self._feed_status = message.status
+        self.refresh_panels(force=True)
+
+    def _remote_chat_job(self, prompt: str):
+        """Chat through the attached server; the answer streams in from its event feed."""
+        from .attach import remote_chat
+
+        self._remote_messages.append({"role": "user", "content": prompt})
+        answer, stopped = remote_chat(self.attach, self._remote_messages, api_key=self.api_key,
+                                      max_tokens=self.max_tokens, sampling=self.sampling,
+                                      cancelled=self.worker.cancelled)
+        self._remote_messages.append({"role": "assistant", "content": answer.strip()})
+        return stopped
+
     @on(BenchProgress)
     def bench_progress(self, message: BenchProgress) -> None:
         view = self.query_one(BenchView)
@@ -310,7 +350,7 @@ class DashboardApp(App):
         text = event.value.strip()
         if not text:
             return
-        if self.session is None:
+        if self.session is None and not self.attach:
             self.notify("no model loaded yet", severity="warning")
             return
         if self.busy:
@@ -322,18 +362,21 @@ class DashboardApp(App):
         self._reply = log.add("assistant", "")
         self.drain_events()
         self._reply_request = self.metrics.started + 1
-        self._start("chat", self._generate_job, text)
+        self._start("chat", self._remote_chat_job if self.attach else self._generate_job, text)
 
     def action_stop(self) -> None:
         if self.worker is not None and self.busy in ("chat", "bench"):
             self.worker.cancel()
 
     def action_new_chat(self) -> None:
-        if self.busy or self.session is None:
+        if self.busy or (self.session is None and not self.attach):
             return
         log = self.query_one(ChatLog)
         log.remove_children()
-        self.worker.submit(self.session.reset)
+        if self.attach:
+            self._remote_messages = []
+        else:
+            self.worker.submit(self.session.reset)
         log.add("notice", "New conversation.")
 
     def show_view(self, pane: str) -> None:
@@ -400,6 +443,8 @@ class DashboardApp(App):
         self.exit()
 
     def on_unmount(self) -> None:
+        if self._feed is not None:
+            self._feed.close()
         if self._unsubscribe is not None:
             self._unsubscribe()
         if self.worker is not None:

@@ -38,6 +38,8 @@ class DashboardMetrics:
     memory: Optional[MemorySnapshot] = None
     watts: Optional[float] = None
     joules_per_token: Optional[float] = None
+    queue_length: Optional[int] = None  # requests waiting or running on an attached server
+    server_model: Optional[str] = None
     text: str = ""  # text of the request in progress (or the last one)
     started: int = 0  # requests started so far (to tell a new answer from the last one)
     version: int = 0  # bumped on every change, so a view redraws only when needed
@@ -47,6 +49,8 @@ class DashboardMetrics:
             self._generation(event)
         elif event.kind == "telemetry":
             self._telemetry(event)
+        elif event.kind == "serve":
+            self._serve(event)
         else:
             return
         self.version += 1
@@ -88,6 +92,14 @@ class DashboardMetrics:
             self.joules_per_token = event["joules_per_token"]
             if self.requests and event.get("request_done"):
                 self.requests[-1].joules_per_token = event["joules_per_token"]
+
+    def _serve(self, event: Event) -> None:
+        """`mlxsmall serve`'s queue: "hello" (a watcher attached), "queued", "start", "done"."""
+        self.queue_length = event.get("queue", self.queue_length)
+        if event.get("phase") == "hello":
+            self.server_model = event.get("model")
+        elif event.get("phase") == "done" and event.get("cancelled"):
+            self.generating = False  # a client left: no "done" generation event comes
 
     def stopped(self) -> None:
         """A request ended without a "done" event (cancelled or failed)."""

@@ -92,6 +92,7 @@ class SpeedPanel(Vertical):
             ("prompt", rate(metrics.prompt_tps) + (f" ({metrics.prompt_tokens} tok)" if metrics.prompt_tokens else "")),
             ("TTFT", ttft),
             ("tokens", f"{metrics.generation_tokens} (session {metrics.total_tokens})"),
+            *((("queue", str(metrics.queue_length)),) if metrics.queue_length is not None else ()),
         ))
 
 
@@ -151,6 +152,10 @@ class ModelPanel(Static):
             ("bits", bits),
             ("size", f"{megabytes(facts.size_on_disk)} disk"),
         ))
+
+    def show_server(self, url: str, model: Optional[str], status: str) -> None:
+        self.border_title = "server"
+        self.update(rows(("url", url), ("model", model or DASH), ("link", status)))
 
     def show_error(self, message: str) -> None:
         self.update(Text(message, style="bold red"))

@@ -21,6 +21,7 @@ examples:
   mlxsmall dashboard                          # offline default model
   mlxsmall dashboard mobillama-q4 -m 128
   mlxsmall dashboard --serve --port 8000      # open http://<this-mac>:8000 on an iPad
+  mlxsmall dashboard --attach http://127.0.0.1:8080   # watch a running `mlxsmall serve`
 """
 
 
@@ -44,6 +45,11 @@ def register(subparsers):
     bench.add_argument("--export-dir", default=".", metavar="DIR",
                        help="where Ctrl+S writes bench-*.json/.csv/.md (default: current directory)")
     parser.add_argument("--light", action="store_true", help="start in the light theme")
+    attach = parser.add_argument_group("server")
+    attach.add_argument("--attach", default=None, metavar="URL",
+                        help="watch a running `mlxsmall serve` at URL (its tok/s, TTFT, queue and memory) "
+                             "and chat through it, instead of loading a model here")
+    attach.add_argument("--api-key", default=None, metavar="KEY", help="the server's --api-key, if it has one")
     serve = parser.add_argument_group("browser")
     serve.add_argument("--serve", action="store_true",
                        help="serve the dashboard over HTTP with textual-serve instead of drawing it here")
@@ -111,7 +117,12 @@ def public_url(args) -> str:
 
 def run(args):
     config = bench_config(args)
-    path = model_path(args)  # resolves/downloads before the UI starts; errors stay one line
+    if args.attach and args.model:
+        from ..errors import MlxsmallError
+
+        raise MlxsmallError("--attach watches the server's model: give a MODEL or --attach, not both")
+    # resolves/downloads before the UI starts; errors stay one line
+    path = None if args.attach else model_path(args)
     if args.serve:
         from textual_serve.server import Server
 
@@ -127,6 +138,6 @@ def run(args):
     run_dashboard(
         path, dtype=args.dtype, max_tokens=args.max_tokens, chat=not args.raw,
         sampling=sampling_kwargs(args), stop=args.stop, bench_config=config, export_dir=args.export_dir,
-        theme="textual-light" if args.light else "textual-dark",
+        theme="textual-light" if args.light else "textual-dark", attach=args.attach, api_key=args.api_key,
     )
     return 0
