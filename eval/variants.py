@@ -1,11 +1,13 @@
 """Model variants for side-by-side runs: one model at several precisions.
 
 A variant spec is ``[MODEL][@PRECISION]``; a bare precision applies to the base
-model of the run; ``stored`` (or no precision) is the model exactly as saved. Precisions: ``fp32``, ``fp16``, ``bf16``, ``q8``/``q6``/``q5``/
-``q4``/``q3``/``q2`` (optionally ``q4g32`` for group size 32), and mlx-lm's mixed
-recipes ``mixed_2_6``, ``mixed_3_4``, ``mixed_3_6``, ``mixed_4_6``. Quantization
-happens in memory (``mlxsmall.quantize.quantize_model``) from fp16 weights, as
-``mlxsmall quantize`` would write them.
+model of the run; ``stored`` (or no precision) is the model exactly as saved. Precisions: ``fp32``, ``fp16``, ``bf16``,
+``q8``/``q6``/``q5``/``q4``/``q3``/``q2`` (optionally ``q4g32`` for group size 32), and mlx-lm's mixed
+recipes ``mixed_2_6``, ``mixed_3_4``, ``mixed_3_6``, ``mixed_4_6`` (the bit widths and recipes of
+``mlxsmall.quantize``). A quantized variant is what ``mlxsmall quantize`` writes
+(``mlxsmall.quantize.quantize_checkpoint`` on the stored weights), run the way ``load`` runs it
+(``mlxsmall.loading.run_settings``: fp32 norms, scales and activations on CPU); a float variant is
+what ``--dtype fp16`` etc. run.
 """
 
 import re
@@ -14,11 +16,11 @@ from pathlib import Path
 from typing import Optional, Tuple
 
 from mlxsmall.errors import MlxsmallError
+from mlxsmall.quantize import RECIPES, SUPPORTED_BITS
 
 FLOAT_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
-QUANT = re.compile(r"^q([2-8])(?:g(32|64|128))?$")
-RECIPES = ("mixed_2_6", "mixed_3_4", "mixed_3_6", "mixed_4_6")
-RECIPE_BITS = {"mixed_2_6": 2, "mixed_3_4": 3, "mixed_3_6": 3, "mixed_4_6": 4}
+QUANT = re.compile(rf"^q([{''.join(map(str, SUPPORTED_BITS))}])(?:g(32|64|128))?$")
+LOOKS_LIKE_QUANT = re.compile(r"^q\d+(?:g\d+)?$")  # "q7": an unsupported width, not a model name
 
 
 @dataclass(frozen=True)
@@ -41,11 +43,12 @@ def parse_variant(spec: str, base: Optional[str]) -> Variant:
     model, _, precision = spec.rpartition("@") if "@" in spec else (spec, "", "")
     if precision == "stored" or (not precision and model == "stored"):
         model, precision = ("" if model == "stored" else model), ""
-    if not precision and is_precision(model):
+    if not precision and (is_precision(model) or (LOOKS_LIKE_QUANT.match(model) and not Path(model).exists())):
         model, precision = "", model
     if precision and not is_precision(precision):
         raise MlxsmallError(
-            f"{spec}: unknown precision {precision!r}; use fp32, fp16, bf16, q8, q6, q5, q4, q3, q2 "
+            f"{spec}: unknown precision {precision!r}; use fp32, fp16, bf16, "
+            f"{', '.join(f'q{bits}' for bits in reversed(SUPPORTED_BITS))} "
             f"(q4g32 for another group size) or one of {', '.join(RECIPES)}"
         )
     model = model or base
@@ -66,22 +69,22 @@ def nominal_bits(precision: Optional[str], config: Optional[dict] = None) -> Opt
     match = QUANT.match(precision)
     if match:
         return float(match.group(1))
-    return float(RECIPE_BITS[precision])
+    return float(RECIPES[precision][0])
 
 
 def load_variant(variant: Variant, *, dequantize_after: bool = False) -> Tuple[object, object, dict]:
     """``(model, tokenizer, config)`` for a variant; ``config["bits_per_weight"]`` is measured
     on the variant's weights as deployed (before any expansion for speed).
 
-    ``dequantize_after`` turns freshly quantized weights back into dense fp32 ones: the
-    same function (the weights are the quantized values) but MLX's dense CPU path is
-    several times faster than its quantized kernels, which matters for quality runs.
+    ``dequantize_after`` runs a quantized variant as ``load`` does by default on CPU: expanded
+    to dense fp32 (the same function, the weights are the quantized values, and MLX's dense CPU
+    path is faster than its quantized kernels), which matters for quality runs. Without it the
+    quantized kernels run, with the float weights ``load(dequantize=False)`` would give.
     """
     import mlx.core as mx
-    from mlx_lm.utils import dequantize_model
 
-    from mlxsmall.loading import cast_floating, load_model, load_tokenizer, resolve_model_path
-    from mlxsmall.quantize import bits_per_weight, quantize_model
+    from mlxsmall.loading import load_model, load_tokenizer, prepare_weights, resolve_model_path, run_settings
+    from mlxsmall.quantize import bits_per_weight, quantize_checkpoint
 
     model_dir = resolve_model_path(variant.model)
     precision = variant.precision
@@ -89,30 +92,23 @@ def load_variant(variant: Variant, *, dequantize_after: bool = False) -> Tuple[o
         model, config = load_model(model_dir, lazy=True)
         config = dict(config, bits_per_weight=bits_per_weight(model))
         if dequantize_after:
-            dequantize_model(model)
-            cast_floating(model, "float32")
-        mx.eval(model.parameters())
-        return model, load_tokenizer(model_dir), config
-
-    model, config = load_model(model_dir, dequantize=True, lazy=True)
-    config = dict(config)
-    config.pop("quantization", None)
-    config.pop("quantization_config", None)
-    if precision in FLOAT_DTYPES:
-        cast_floating(model, FLOAT_DTYPES[precision])
+            prepare_weights(model, config, dtype="float32", dequantize=True)
+    elif precision in FLOAT_DTYPES:
+        # As `--dtype fp16` etc. run the model.
+        model, config = load_model(model_dir, dtype=FLOAT_DTYPES[precision], dequantize=True, lazy=True)
+        config = {k: v for k, v in config.items() if k not in ("quantization", "quantization_config")}
+        config["bits_per_weight"] = bits_per_weight(model)
     else:
-        cast_floating(model, "float16")
+        model, config = load_model(model_dir, lazy=True)
         match = QUANT.match(precision)
         if match:
-            bits, group = int(match.group(1)), int(match.group(2) or 64)
-            config = quantize_model(model, config, bits=bits, group_size=group)
+            settings = dict(bits=int(match.group(1)), group_size=int(match.group(2) or 64))
         else:
-            config = quantize_model(model, config, bits=RECIPE_BITS[precision], recipe=precision)
+            settings = dict(recipe=precision)
+        config = quantize_checkpoint(model, config, source=str(variant.model), **settings)
         # Measured before any expansion: what the variant costs when deployed quantized.
         config["bits_per_weight"] = bits_per_weight(model)
-        if dequantize_after:
-            dequantize_model(model)
-            cast_floating(model, "float32")
+        dtype, dequantize = run_settings("auto", dequantize=dequantize_after)
+        prepare_weights(model, config, dtype=dtype, dequantize=dequantize)
     mx.eval(model.parameters())
-    config.setdefault("bits_per_weight", bits_per_weight(model))
     return model, load_tokenizer(model_dir), config

@@ -100,6 +100,29 @@ def quantize_model(
     return config
 
 
+def quantize_checkpoint(
+    model: nn.Module, config: dict, bits: int = 4, group_size: int = 64, recipe: Optional[str] = None,
+    source: str = "the model",
+) -> dict:
+    """What ``mlxsmall quantize`` writes: the stored weights quantized in place (their float
+    dtype kept, norms untouched). A quantized source is expanded first, with a ``warning``
+    event: its rounding errors stay, so re-quantizing a 4-bit model is not an 8-bit one."""
+    if is_quantized(config):
+        from mlx_lm.utils import dequantize_model
+
+        from . import events
+
+        stored = config["quantization"]
+        events.publish(
+            "warning",
+            message=f"{source} is already quantized ({stored.get('bits')}-bit, group {stored.get('group_size')}): "
+            "dequantizing it first; its rounding stays, so this is not what quantizing the original gives",
+        )
+        dequantize_model(model)
+        config = {k: v for k, v in config.items() if k not in ("quantization", "quantization_config")}
+    return quantize_model(model, config, bits=bits, group_size=group_size, recipe=recipe)
+
+
 def bits_per_weight(model: nn.Module) -> float:
     from mlx_lm.utils import compute_bits_per_weight
 

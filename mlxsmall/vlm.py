@@ -15,7 +15,7 @@ import io
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, List, Optional, Sequence
+from typing import Iterator, List, Optional, Sequence, Tuple
 
 import mlx.core as mx
 import numpy as np
@@ -58,8 +58,12 @@ def load_image(source):
 
 @dataclass
 class ImageProcessor:
-    """CLIP: resize the short side to `image_size` (bicubic), center crop; SigLIP: resize to a square.
-    Then scale to [0, 1] and normalise with the encoder's own mean/std. Output is NHWC float32."""
+    """Hugging Face's CLIP and SigLIP image processors (their PIL path), step for step.
+
+    CLIP: resize the short side to `image_size` (bicubic; the long side truncated, as
+    transformers' ``get_resize_output_image_size`` does), center crop; SigLIP: resize to a square
+    (bicubic). Then rescale by 1/255 (in float64, like transformers) and normalise with the
+    encoder's own mean/std in float32. Output is NHWC float32."""
 
     image_size: int
     image_mean: Sequence[float]
@@ -73,21 +77,27 @@ class ImageProcessor:
         config = VisionConfig.from_dict(vision_config)
         return cls(config.image_size, config.image_mean, config.image_std, center_crop=config.is_clip)
 
+    def resized_size(self, width: int, height: int) -> Tuple[int, int]:
+        """``(width, height)`` before the crop: 640x480 -> 298x224 for CLIP at 224."""
+        size = self.image_size
+        if not self.center_crop:
+            return size, size
+        short, long = (width, height) if width <= height else (height, width)
+        new_long = int(size * long / short)
+        return (size, new_long) if width <= height else (new_long, size)
+
     def preprocess(self, image) -> np.ndarray:
         from PIL import Image
 
         image = load_image(image)
         size = self.image_size
-        if self.center_crop:
-            width, height = image.size
-            scale = size / min(width, height)
-            resized = (max(size, round(width * scale)), max(size, round(height * scale)))
+        resized = self.resized_size(*image.size)
+        if image.size != resized:
             image = image.resize(resized, Image.BICUBIC)
+        if self.center_crop:
             left, top = (resized[0] - size) // 2, (resized[1] - size) // 2
             image = image.crop((left, top, left + size, top + size))
-        else:
-            image = image.resize((size, size), Image.BICUBIC)
-        pixels = np.asarray(image, dtype=np.float32) / 255.0
+        pixels = (np.asarray(image, dtype=np.float64) * (1 / 255)).astype(np.float32)
         return (pixels - np.asarray(self.image_mean, np.float32)) / np.asarray(self.image_std, np.float32)
 
     def __call__(self, images) -> mx.array:

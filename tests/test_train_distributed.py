@@ -36,7 +36,8 @@ def settings():
 
     train = TrainConfig(steps=5, batch_size=4, grad_accumulation=2, learning_rate=1e-3,
                         warmup_steps=1, eval_every=0, save_every=0, val_batches=1)
-    return FinetuneSettings(method="lora", rank=4, max_length=48, train=train)
+    # dropout > 0: every rank must give each sample the mask one process gives it
+    return FinetuneSettings(method="lora", rank=4, dropout=0.2, max_length=48, train=train)
 
 
 def test_two_ring_processes_follow_the_single_process_loss_curve(make_tiny_model, tmp_path):

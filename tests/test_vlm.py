@@ -376,6 +376,43 @@ def test_image_processor_resize_crop_normalise():
     assert np.array(squash([image]))[0, :, 0, 2].mean() > 0.9  # blue kept at the left edge
 
 
+def noisy_image(width, height, seed=0):
+    from PIL import Image
+
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8))
+
+
+def test_clip_resize_truncates_the_long_side_like_transformers():
+    from mlxsmall.vlm import ImageProcessor
+
+    clip = ImageProcessor(224, [0.5] * 3, [0.5] * 3, center_crop=True)
+    # int(224 * 640 / 480) = 298 (rounding gave 299); values from transformers'
+    # get_resize_output_image_size(default_to_square=False), checked by hand.
+    assert clip.resized_size(640, 480) == (298, 224)
+    assert clip.resized_size(480, 640) == (224, 298)
+    assert clip.resized_size(333, 517) == (224, 347)  # 347.77 -> 347
+    assert clip.resized_size(100, 60) == (373, 224)  # upscaled: 373.33 -> 373
+    assert ImageProcessor(224, [0.5] * 3, [0.5] * 3, center_crop=False).resized_size(640, 480) == (224, 224)
+
+
+@pytest.mark.parametrize("size", [(640, 480), (480, 640), (333, 517), (100, 60), (224, 224)])
+def test_image_processor_matches_transformers_clip_and_siglip(size):
+    transformers = pytest.importorskip("transformers")
+    from mlxsmall.models.vision import CLIP_MEAN, CLIP_STD
+    from mlxsmall.vlm import ImageProcessor
+
+    image = noisy_image(*size)
+    references = [
+        (ImageProcessor(224, CLIP_MEAN, CLIP_STD, center_crop=True),
+         transformers.CLIPImageProcessorPil(size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224})),
+        (ImageProcessor(384, [0.5] * 3, [0.5] * 3, center_crop=False),
+         transformers.SiglipImageProcessorPil(size={"height": 384, "width": 384})),
+    ]
+    for ours, theirs in references:
+        expected = theirs(images=[image], return_tensors="np")["pixel_values"][0].transpose(1, 2, 0)
+        np.testing.assert_array_equal(np.array(ours([image]))[0], expected)
+
+
 def test_load_image_from_a_url_served_locally(tmp_path):
     import functools
     import http.server

@@ -1,6 +1,8 @@
 """Options shared by the commands that load and run a model."""
 
 import argparse
+import contextlib
+import sys
 
 
 def add_model_argument(parser, required=False):
@@ -103,3 +105,27 @@ def load_for_run(args):
 
 class Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
     pass
+
+
+@contextlib.contextmanager
+def printed_warnings(write=None):
+    """Show the library's ``warning`` events, each distinct one once, as ``warning: ...``
+    (``write(line)``; default: a line on stderr)."""
+    from .. import events
+
+    shown = set()
+
+    def show(event):
+        if event.kind == "warning" and event["message"] not in shown:
+            shown.add(event["message"])
+            line = f"warning: {event['message']}"
+            if write:
+                write(line)
+            else:
+                print(line, file=sys.stderr)
+
+    unsubscribe = events.subscribe(show)
+    try:
+        yield
+    finally:
+        unsubscribe()

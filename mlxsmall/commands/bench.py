@@ -5,14 +5,16 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ._common import model_path
+from ._common import model_path, printed_warnings
 
 DEFAULT_PRECISIONS = ["fp16", "q8", "q6", "q4", "q3", "q2"]
 
 EPILOG = """\
-Each precision is made in memory from the model's weights (q8..q2 from fp16, group size 64;
-q4g32 for another group size; mixed_2_6 mixed_3_4 mixed_3_6 mixed_4_6 are mlx-lm's recipes).
-`stored` benchmarks the model exactly as saved. Prompts are random token ids; end-of-sequence
+Each precision is made in memory from the model's stored weights exactly as `mlxsmall quantize`
+writes it (q8..q2, group size 64; q4g32 for another group size; mixed_2_6 mixed_3_4 mixed_3_6
+mixed_4_6 are mlx-lm's recipes) and runs as `load` runs it with quantized kernels (fp32 activations
+on CPU); a quantized base model is dequantized first, with a warning. `stored` benchmarks the
+model exactly as saved. Prompts are random token ids; end-of-sequence
 is ignored so every run generates exactly -n tokens. Numbers are mean ± std over -r timed runs
 after --warmup untimed ones. Energy per token comes from the dashboard's power sources
 (RAPL, NVML, IOReport, powermetrics) and is n/a, with the reason, where none is readable.
@@ -88,7 +90,9 @@ def run(args):
                 done.append(row)
                 write_json(Path(args.output), {"options": options_dict(options), "rows": done, "partial": True})
 
-        rows = bench_variants(variants, options, meter=meter, on_variant=on_variant, on_run=on_run, on_row=on_row)
+        with printed_warnings(lambda line: console.print(line, markup=False, highlight=False)):
+            rows = bench_variants(variants, options, meter=meter, on_variant=on_variant, on_run=on_run,
+                                  on_row=on_row)
 
     table = bench_markdown(rows)
     print(table)

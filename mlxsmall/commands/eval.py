@@ -5,7 +5,7 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ._common import model_path
+from ._common import model_path, printed_warnings
 
 EPILOG = """\
 tasks (groups in brackets):
@@ -93,7 +93,8 @@ def run(args):
     options = EvalOptions(limit=args.limit, shots=args.shots, batch_size=args.batch_size, data=args.data,
                           chat=args.chat, max_tokens=args.max_tokens, seed=args.seed, window=args.window,
                           protocol=args.protocol)
-    runs = run_with_progress(variants, tasks, options, dense_on_cpu=not args.keep_quantized)
+    with printed_warnings():
+        runs = run_with_progress(variants, tasks, options, dense_on_cpu=not args.keep_quantized)
 
     table = eval_markdown(runs)
     print(table)

@@ -222,7 +222,7 @@ def run(args):
     check_data(args.data)  # before the seconds of loading the model, not after
     check_output(args.output, resume=args.resume, force=args.force)
     from ..train.finetune import FinetuneSettings, finetune
-    from ._common import model_path
+    from ._common import model_path, printed_warnings
 
     settings = FinetuneSettings(
         method=args.method, rank=args.rank, scale=args.scale, dropout=args.dropout,
@@ -231,7 +231,8 @@ def run(args):
         max_length=args.max_length, pack=args.pack, mask_prompt=not args.no_mask_prompt,
         dtype=args.dtype, train=train_config(args),
     )
-    with training_progress(enabled=not args.quiet, label=args.method) as console:
+    with training_progress(enabled=not args.quiet, label=args.method) as console, \
+            printed_warnings(lambda line: console.print(line, markup=False, highlight=False)):
         result = finetune(str(model_path(args)), args.data, args.output, settings,
                           resume=args.resume, force=args.force)
     import mlx.core as mx

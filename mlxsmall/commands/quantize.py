@@ -43,17 +43,14 @@ def run(args):
     if output.exists() and not args.force:  # before the seconds of loading, not after
         raise MlxsmallError(f"{output}: already exists (pass --force to replace it)")
     from ..loading import load_model, resolve_model_path, save_model
-    from ..quantize import bits_per_weight, quantize_model
+    from ..quantize import bits_per_weight, quantize_checkpoint
+    from ._common import printed_warnings
 
     source = resolve_model_path(args.source)
     model, config = load_model(source)
-    if config.get("quantization"):
-        from mlx_lm.utils import dequantize_model
-
-        print("source is quantized: dequantizing first (errors add up; prefer a full-precision source)")
-        dequantize_model(model)
-        config = {k: v for k, v in config.items() if k not in ("quantization", "quantization_config")}
-    config = quantize_model(model, config, bits=args.bits, group_size=args.group_size, recipe=args.mixed)
+    with printed_warnings():
+        config = quantize_checkpoint(model, config, bits=args.bits, group_size=args.group_size, recipe=args.mixed,
+                                     source=str(args.source))
     save_model(args.output, model, config, tokenizer_src_dir=source, overwrite=args.force)
     print(f"wrote {args.output}: {bits_per_weight(model):.2f} bits per weight")
     return 0

@@ -5,7 +5,9 @@ A checkpoint is a directory ``step-0000042/`` holding the trainable weights
 optimizer state (``optimizer.safetensors``) and ``state.json`` (step, data
 position, seed, settings). It is written under a temporary name and renamed
 into place, so a run killed at any moment leaves either a whole checkpoint or
-none. The RNG needs no file: the trainer reseeds from ``(seed, step)`` before
+none. Pruning renames a checkpoint to ``.trash-step-*`` before deleting it, and
+the next run removes what a kill left behind (``.tmp-step-*`` of dead processes,
+trash, ``step-*`` directories missing a file). The RNG needs no file: the trainer reseeds from ``(seed, step)`` before
 every step, so the step number restores it.
 """
 
@@ -22,6 +24,7 @@ from ..atomic import atomic_path, write_text_atomic
 from ..errors import MlxsmallError
 
 PREFIX = "step-"
+CHECKPOINT_FILES = ("trainable.safetensors", "optimizer.safetensors", "state.json")
 
 
 def write_json_atomic(path: Path, data) -> None:
@@ -38,8 +41,56 @@ def checkpoint_dirs(root: Path):
     if not root.is_dir():
         return []
     found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(PREFIX)
-             and p.name[len(PREFIX):].isdigit() and (p / "state.json").exists()]
+             and p.name[len(PREFIX):].isdigit() and is_complete(p)]
     return sorted(found, key=lambda p: int(p.name[len(PREFIX):]))
+
+
+def is_complete(path: Path) -> bool:
+    return all((Path(path) / name).is_file() for name in CHECKPOINT_FILES)
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def remove_stale(root: Path) -> list:
+    """Delete what a killed run left in ``root``: half-written ``.tmp-step-*-PID`` directories
+    of processes that no longer run, ``.trash-step-*`` and half-pruned ``step-*`` ones (a
+    checkpoint is renamed into place whole, so a ``step-*`` missing a file was being deleted).
+    Returns the removed paths."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    removed = []
+    for path in root.iterdir():
+        name = path.name
+        if not path.is_dir():
+            continue
+        if name.startswith(f".tmp-{PREFIX}"):
+            pid = name.rsplit("-", 1)[-1]
+            stale = not pid.isdigit() or not process_alive(int(pid))
+        elif name.startswith(f".trash-{PREFIX}"):
+            stale = True
+        else:
+            stale = name.startswith(PREFIX) and name[len(PREFIX):].isdigit() and not is_complete(path)
+        if stale:
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
+def prune(root: Path, keep: int) -> None:
+    """Delete all but the newest ``keep`` checkpoints; each leaves the listing in one rename."""
+    for old in checkpoint_dirs(root)[:-keep] if keep > 0 else []:
+        trash = old.with_name(f".trash-{old.name}-{os.getpid()}")
+        os.rename(old, trash)
+        shutil.rmtree(trash, ignore_errors=True)
 
 
 def latest_checkpoint(root: Path) -> Optional[Path]:
@@ -53,6 +104,7 @@ def save_checkpoint(root: Path, step: int, trainable: dict, optimizer_state: dic
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"{PREFIX}{step:07d}"
     tmp = root / f".tmp-{PREFIX}{step:07d}-{os.getpid()}"
+    remove_stale(root)
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
@@ -63,10 +115,11 @@ def save_checkpoint(root: Path, step: int, trainable: dict, optimizer_state: dic
         with open(file, "rb") as handle:
             os.fsync(handle.fileno())
     if final.exists():
-        shutil.rmtree(final)
+        trash = root / f".trash-{final.name}-{os.getpid()}"
+        os.rename(final, trash)
+        shutil.rmtree(trash)
     os.rename(tmp, final)
-    for old in checkpoint_dirs(root)[:-keep] if keep > 0 else []:
-        shutil.rmtree(old, ignore_errors=True)
+    prune(root, keep)
     return final
 
 
@@ -91,6 +144,8 @@ def prepare_run_directory(output_dir: Path, *, resume: bool, force: bool, rank: 
     output_dir = Path(output_dir)
     root = output_dir / "checkpoints"
     if resume:
+        if rank == 0:
+            remove_stale(root)
         return latest_checkpoint(root)
     if checkpoint_dirs(root) and not force:
         raise MlxsmallError(f"{output_dir}: holds checkpoints of an earlier run; pass --resume "

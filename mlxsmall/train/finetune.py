@@ -97,12 +97,15 @@ def finetune(model: str, data: str, output_dir, settings: FinetuneSettings, *,
             valid_stream = BatchStream(valid_examples, batch_size=valid_batch,
                                        max_length=settings.max_length, pad_id=pad_id, shuffle=False)
 
-    settings.train.extra = {"method": settings.method, "base_model": str(model_dir),
-                            "data": str(data)}
+    # Absolute: `fuse` may run from another directory.
+    base_model = str(Path(model_dir).resolve())
+    method_settings = {k: v for k, v in asdict(settings).items() if k != "train"}
+    settings.train.extra = {**method_settings, "base_model": base_model, "data": str(data)}
     trainer = Trainer(net, train_stream, settings.train, valid_stream=valid_stream,
                       output_dir=output_dir, group=group)
-    adapter_config.update(base_model=str(model_dir), data=str(data),
-                          settings={k: v for k, v in asdict(settings).items() if k != "train"})
+    if resume_from is not None:  # before adapter_config.json is rewritten with new settings
+        trainer.check_resume(resume_from)
+    adapter_config.update(base_model=base_model, data=str(data), settings=method_settings)
     if group.rank() == 0:
         output_dir.mkdir(parents=True, exist_ok=True)
         if settings.method != "full":

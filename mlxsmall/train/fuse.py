@@ -6,9 +6,29 @@ from typing import Optional
 from ..errors import MlxsmallError
 from ..loading import load_model, resolve_model_path, save_model
 from ..quantize import is_quantized, quantize_model
-from .adapters import fuse_adapters, load_adapters, read_adapter_config
+from .adapters import CONFIG_FILE, fuse_adapters, load_adapters, read_adapter_config
 
 QUANTIZATION_KEYS = ("quantization", "quantization_config")
+
+
+def recorded_base(adapter_dir, adapter_config: dict) -> Path:
+    """The base model ``adapter_config.json`` names: an absolute directory (what finetune
+    writes), a path relative to the adapter directory or the current one (older adapters), or
+    an alias / repo id."""
+    source = Path(adapter_dir) / CONFIG_FILE
+    base = adapter_config.get("base_model")
+    if not base:
+        raise MlxsmallError(f"{source}: field 'base_model' is missing; pass the base model "
+                            f"(mlxsmall fuse BASE --adapters {adapter_dir} ...)")
+    path = Path(base).expanduser()
+    candidates = [path] if path.is_absolute() else [Path(adapter_dir) / path, path]
+    for candidate in candidates:
+        if candidate.is_dir():
+            return candidate
+    if path.is_absolute() or base.startswith("."):
+        raise MlxsmallError(f"{source}: base_model {base} is not a directory (moved?); pass the base "
+                            f"model (mlxsmall fuse BASE --adapters {adapter_dir} ...)")
+    return resolve_model_path(base)
 
 
 def fuse(adapter_dir, output, *, base: Optional[str] = None, bits: Optional[int] = None,
@@ -21,10 +41,7 @@ def fuse(adapter_dir, output, *, base: Optional[str] = None, bits: Optional[int]
     model; ``dequantize`` writes it in full precision.
     """
     adapter_config = read_adapter_config(adapter_dir)
-    base = base or adapter_config.get("base_model")
-    if not base:
-        raise MlxsmallError(f"{adapter_dir}: adapter_config.json names no base model; pass it")
-    model_dir = resolve_model_path(base)
+    model_dir = resolve_model_path(base) if base else recorded_base(adapter_dir, adapter_config)
     model, config = load_model(model_dir)
     qlora = adapter_config.get("qlora")
     if qlora and not is_quantized(config):

@@ -51,6 +51,43 @@ class TrainConfig:
     extra: dict = field(default_factory=dict)  # method settings recorded with checkpoints
 
 
+# Settings a checkpoint cannot continue under: they fix the data position, the shapes of the
+# trained weights or the optimizer state. Top-level TrainConfig fields or `extra` ones.
+FIXED_ON_RESUME = ("batch_size", "grad_accumulation", "seed", "optimizer", "method", "rank", "keys",
+                   "per_layer_adapters", "qlora_bits", "qlora_group_size", "max_length", "pack")
+# Settings that may change on resume, with a warning: the run then mixes two settings.
+WARNED_ON_RESUME = ("learning_rate", "min_learning_rate", "weight_decay", "max_grad_norm", "dropout",
+                    "scale", "mask_prompt", "dtype")
+
+
+def recorded_settings(config: dict) -> dict:
+    """A TrainConfig dict with its ``extra`` method settings merged in, as JSON would read it back."""
+    flat = {k: v for k, v in config.items() if k != "extra"}
+    flat.update(config.get("extra") or {})
+    return json.loads(json.dumps(flat))
+
+
+class GlobalBatchDropout(nn.Dropout):
+    """Dropout for one data-parallel rank that draws the mask of the whole global batch and
+    keeps its own rows (``rank::world_size``, as ``Batch.shard`` splits them). Every rank
+    seeds the RNG from ``(seed, step)``, so each sample gets the mask the single-process run
+    gives it, whatever the number of processes."""
+
+    def __call__(self, x: mx.array) -> mx.array:
+        if self._p_1 == 1 or not self.training:
+            return x
+        world_size, rank = self.world_size, self.rank
+        mask = mx.random.bernoulli(self._p_1, (x.shape[0] * world_size, *x.shape[1:]))[rank::world_size]
+        return (mask * x) * (1 / self._p_1)
+
+
+def use_global_batch_dropout(model, rank: int, world_size: int) -> None:
+    for _, module in model.named_modules():
+        if isinstance(module, nn.Dropout):
+            module.__class__ = GlobalBatchDropout
+            module.rank, module.world_size = rank, world_size
+
+
 @dataclass
 class TrainResult:
     """What a finetune or pretraining run leaves behind."""
@@ -149,8 +186,11 @@ class Trainer:
         if train_stream.batch_size % self.world_size:
             raise MlxsmallError(f"batch size {train_stream.batch_size} is not divisible by the "
                                 f"{self.world_size} data-parallel processes")
+        if self.world_size > 1:
+            use_global_batch_dropout(model, self.rank, self.world_size)
         self.optimizer = build_optimizer(config)
         self.step = 0
+        self.checked_resume = None
         self.trained_tokens = 0
         self.last_val_loss = None
         self.initial_val_loss = None
@@ -161,21 +201,42 @@ class Trainer:
     def checkpoint_root(self) -> Optional[Path]:
         return self.output_dir / "checkpoints" if self.output_dir else None
 
-    def restore(self, path: Path):
-        trainable, optimizer_state, state = ckpt.load_checkpoint(path)
-        expected = set(k for k, _ in tree_flatten(self.model.trainable_parameters()))
-        if set(trainable) != expected:
-            missing = sorted(expected - set(trainable))[:1] or sorted(set(trainable) - expected)[:1]
-            raise MlxsmallError(f"{path}: checkpoint does not match this model/method "
-                                f"(first mismatched weight: {missing[0]})")
+    def check_resume(self, path: Path, state: Optional[dict] = None) -> None:
+        """Refuse a checkpoint this run cannot continue (one line naming the setting); warn
+        (a ``warning`` event) about settings that changed but can."""
+        if state is None:
+            try:
+                state = json.loads((Path(path) / "state.json").read_text())
+            except (OSError, ValueError) as error:
+                raise MlxsmallError(f"{path}: unreadable checkpoint ({error})") from None
         if state.get("examples") != len(self.train_stream.examples):
             raise MlxsmallError(f"{path}: checkpoint was made with {state.get('examples')} training "
                                 f"examples, the data now has {len(self.train_stream.examples)}")
-        saved_config = state.get("config", {})
-        for name in ("batch_size", "grad_accumulation", "seed"):  # they fix the data position
-            if name in saved_config and saved_config[name] != getattr(self.config, name):
-                raise MlxsmallError(f"{path}: the run used {name}={saved_config[name]}, this one "
-                                    f"{getattr(self.config, name)}; resume with the same setting")
+        saved = recorded_settings(state.get("config", {}))
+        now = recorded_settings(asdict(self.config))
+        for name in FIXED_ON_RESUME:
+            if name in saved and name in now and saved[name] != now[name]:
+                raise MlxsmallError(f"{path}: the run used {name}={saved[name]}, this one {now[name]}; "
+                                    "resume with the same setting (or start over with --force)")
+        if self.rank == 0 and self.checked_resume != Path(path):
+            self.checked_resume = Path(path)
+            for name in WARNED_ON_RESUME:
+                if name in saved and name in now and saved[name] != now[name]:
+                    events.publish("warning", message=f"{path}: the run used {name}={saved[name]}, "
+                                   f"continuing with {now[name]}")
+
+    def restore(self, path: Path):
+        trainable, optimizer_state, state = ckpt.load_checkpoint(path)
+        self.check_resume(path, state)
+        expected = {k: v.shape for k, v in tree_flatten(self.model.trainable_parameters())}
+        if set(trainable) != set(expected):
+            missing = sorted(set(expected) - set(trainable))[:1] or sorted(set(trainable) - set(expected))[:1]
+            raise MlxsmallError(f"{path}: checkpoint does not match this model/method "
+                                f"(first mismatched weight: {missing[0]})")
+        for name, value in trainable.items():
+            if tuple(value.shape) != tuple(expected[name]):
+                raise MlxsmallError(f"{path}: {name} has shape {tuple(value.shape)}, this run's is "
+                                    f"{tuple(expected[name])} (another --rank?)")
         self.model.load_weights(list(trainable.items()), strict=False)
         self.optimizer.state = optimizer_state
         self.step = int(state["step"])
