@@ -90,6 +90,7 @@ def test_argument_errors(argv, fragment, env):
     assert result.stderr.splitlines()[0].startswith("usage: mlxsmall")
 
 
+@pytest.mark.slow  # converts and runs the real default model
 def test_default_model_first_use_and_generate(default_model, env):
     path, first = default_model
     assert "Paris" in first.stdout  # the chat template is applied by default
@@ -108,6 +109,7 @@ def test_default_model_first_use_and_generate(default_model, env):
     assert "PyTorch" not in chat.stderr + chat.stdout
 
 
+@pytest.mark.slow
 def test_alias_of_the_default_reuses_its_cache_entry(default_model, env, shared_cache):
     result = mlxsmall("info", "smollm2", "--json", env=env)
     assert result.returncode == 0, result.stderr
