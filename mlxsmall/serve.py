@@ -358,7 +358,9 @@ class Handler(APIHandler):
                                   prompt_cache_count=None):
         if self.current.generation_tokens is not None:
             completion_token_count = self.current.generation_tokens
-        return super().completion_usage_response(prompt_token_count, completion_token_count, prompt_cache_count)
+        response = super().completion_usage_response(prompt_token_count, completion_token_count, prompt_cache_count)
+        response["object"] = self.object_type  # mlx-lm says "chat.completion" for text completions too
+        return response
 
     # --- the metrics feed -------------------------------------------------------------------
 
