@@ -7,9 +7,9 @@ one client, ...) so background load hits both sides alike, and the medians and t
 printed (target: client/generate >= 0.9).
 
 - generate: the real `mlxsmall generate` command in a subprocess; its decode tok/s is parsed
-  from the stats line it prints (tokens after the first, over the time after the first).
+  from the stats line it prints (mlx-lm's: tokens / time from the first token to the last).
 - one client: the official `openai` client streaming a completion; decode tok/s as the client
-  sees it: (tokens - 1) / (time of the last chunk - time of the first chunk).
+  sees it, with mlx-lm's definition: tokens / (time of the last chunk - time of the first chunk).
 - concurrency: 4 clients at once vs 1 client, tokens delivered per wall-clock second. The server
   serves one request at a time (one KV cache), so the expected ratio is about 1.0.
 
@@ -64,7 +64,8 @@ def client_stream(client, tokens):
         if chunk.choices and chunk.choices[0].text:
             last = time.perf_counter()
             first = first or last
-    decode = (count - 1) / (last - first) if first and last and last > first else float("nan")
+    # mlx-lm's definition (what `mlxsmall generate` prints): tokens / time from the first token to the last
+    decode = count / (last - first) if first and last and last > first else float("nan")
     return {"tokens": count, "tps": decode, "seconds": time.perf_counter() - start}
 
 
