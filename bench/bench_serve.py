@@ -7,9 +7,9 @@ one client, ...) so background load hits both sides alike, and the medians and t
 printed (target: client/generate >= 0.9).
 
 - generate: the real `mlxsmall generate` command in a subprocess; its decode tok/s is parsed
-  from the stats line it prints (tokens after the first, over the time after the first).
+  from the stats line it prints (mlx-lm's: tokens / time from the first token to the last).
 - one client: the official `openai` client streaming a completion; decode tok/s as the client
-  sees it: (tokens - 1) / (time of the last chunk - time of the first chunk).
+  sees it, with mlx-lm's definition: tokens / (time of the last chunk - time of the first chunk).
 - concurrency: 4 clients at once vs 1 client, tokens delivered per wall-clock second. The server
   serves one request at a time (one KV cache), so the expected ratio is about 1.0.
 
@@ -19,7 +19,9 @@ printed (target: client/generate >= 0.9).
 
 import argparse
 import json
+import os
 import re
+import resource
 import statistics
 import subprocess
 import sys
@@ -41,7 +43,20 @@ def start_server(model, tokens):
     raise SystemExit("mlxsmall serve did not start")
 
 
+def process_cpu(pid) -> float:
+    """CPU seconds (user + system) a process has used so far, from /proc (Linux)."""
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def plain_generate(model, tokens):
+    """Decode tok/s as printed, and CPU seconds of the whole command."""
+    before = children_cpu()
     result = subprocess.run(
         [sys.executable, "-m", "mlxsmall", "generate", *([model] if model else []), "-p", PROMPT,
          "-m", str(tokens)], capture_output=True, text=True,
@@ -49,7 +64,7 @@ def plain_generate(model, tokens):
     stats = re.search(r"generation: (\d+) tokens, ([\d.]+) tok/s", result.stderr)
     if result.returncode != 0 or stats is None:
         raise SystemExit(f"mlxsmall generate failed: {result.stderr.strip()}")
-    return {"tokens": int(stats.group(1)), "tps": float(stats.group(2))}
+    return {"tokens": int(stats.group(1)), "tps": float(stats.group(2)), "cpu": children_cpu() - before}
 
 
 def client_stream(client, tokens):
@@ -64,7 +79,8 @@ def client_stream(client, tokens):
         if chunk.choices and chunk.choices[0].text:
             last = time.perf_counter()
             first = first or last
-    decode = (count - 1) / (last - first) if first and last and last > first else float("nan")
+    # mlx-lm's definition (what `mlxsmall generate` prints): tokens / time from the first token to the last
+    decode = count / (last - first) if first and last and last > first else float("nan")
     return {"tokens": count, "tps": decode, "seconds": time.perf_counter() - start}
 
 
@@ -99,15 +115,24 @@ def main():
     try:
         client = openai.OpenAI(base_url=url, api_key="unused", timeout=600, max_retries=0)
         client_stream(client, 8)  # warm-up
-        plain, served, one, four = [], [], [], []
+        plain, served, one, four, cpu = [], [], [], [], []
         for round_ in range(args.rounds):
             plain.append(plain_generate(args.model, args.tokens))
+            # CPU per decoded token, which load on the machine barely moves: generate's is the
+            # difference between a long and a 1-token run (load and prompt cancel out); the
+            # server's is its process CPU over one request (prompt included, so an upper bound).
+            short = plain_generate(args.model, 1)
+            before = process_cpu(process.pid)
             served.append(client_stream(client, args.tokens))
+            server_cpu = (process_cpu(process.pid) - before) / served[-1]["tokens"]
+            generate_cpu = (plain[-1]["cpu"] - short["cpu"]) / (plain[-1]["tokens"] - 1)
+            cpu.append({"generate": generate_cpu, "server": server_cpu})
             one.append(concurrent(client, args.tokens, 1))
             four.append(concurrent(client, args.tokens, 4))
             print(f"round {round_ + 1}: generate {plain[-1]['tps']:.1f} tok/s, one client {served[-1]['tps']:.1f} "
                   f"tok/s; throughput 1 client {one[-1]['throughput']:.1f}, 4 clients "
-                  f"{four[-1]['throughput']:.1f} tok/s", flush=True)
+                  f"{four[-1]['throughput']:.1f} tok/s; CPU ms/token: generate {generate_cpu * 1000:.1f}, "
+                  f"server {server_cpu * 1000:.1f}", flush=True)
     finally:
         process.terminate()
         process.wait(timeout=30)
@@ -119,12 +144,17 @@ def main():
         "client_vs_generate": med(served, "tps") / med(plain, "tps"),
         "throughput_1": med(one, "throughput"), "throughput_4": med(four, "throughput"),
         "throughput_4_vs_1": med(four, "throughput") / med(one, "throughput"),
-        "rounds_detail": {"generate": plain, "client": served, "one": one, "four": four},
+        "cpu_per_token_generate": med(cpu, "generate"), "cpu_per_token_server": med(cpu, "server"),
+        "cpu_generate_vs_server": med(cpu, "generate") / med(cpu, "server"),
+        "rounds_detail": {"generate": plain, "client": served, "one": one, "four": four, "cpu": cpu},
     }
     print(f"median decode tok/s: generate {summary['generate_tps']:.1f}, one client {summary['client_tps']:.1f} "
           f"-> ratio {summary['client_vs_generate']:.3f}")
     print(f"median throughput (tokens delivered / wall s): 1 client {summary['throughput_1']:.1f}, "
           f"4 clients {summary['throughput_4']:.1f} -> ratio {summary['throughput_4_vs_1']:.3f}")
+    print(f"median CPU per token: generate {summary['cpu_per_token_generate'] * 1000:.1f} ms, server "
+          f"{summary['cpu_per_token_server'] * 1000:.1f} ms -> speed ratio (generate CPU / server CPU) "
+          f"{summary['cpu_generate_vs_server']:.3f}")
     if args.json:
         with open(args.json, "w") as out:
             json.dump(summary, out, indent=2)

@@ -95,6 +95,8 @@ def keep_torch_out():
     start, and mlxsmall never uses it. Only for the `mlxsmall` program, not for library users."""
     if "torch" not in sys.modules:
         sys.modules["torch"] = None
+        # As mlx-lm sets it: no "PyTorch was not found" advice from transformers.
+        os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
 
 if __name__ == "__main__":

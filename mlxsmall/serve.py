@@ -17,6 +17,7 @@ parameters and writes OpenAI's response objects and server-sent events. What is 
 
 import collections
 import dataclasses
+import hmac
 import json
 import logging
 import queue
@@ -70,11 +71,12 @@ class ModelWorker:
     ``generate(request, args, progress_callback)`` returns ``(GenerationContext, responses)``.
     """
 
-    def __init__(self, model, tokenizer, model_id: str, *, context_length: int, stop=(),
+    def __init__(self, model, tokenizer, model_id: str, *, context_length: int, stop=(), chat_stop=(),
                  max_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0):
         self.model, self.tokenizer, self.model_id = model, tokenizer, model_id
         self.context_length = context_length
-        self.stop = list(stop)
+        self.stop = list(stop)  # for every request (--stop)
+        self.chat_stop = list(chat_stop)  # for chat requests: the model's generation_config.json
         # The defaults and switches APIHandler reads from mlx-lm's command line.
         self.cli_args = SimpleNamespace(
             model=model_id, max_tokens=max_tokens, temp=temperature, top_p=top_p, top_k=top_k,
@@ -208,7 +210,8 @@ class Handler(APIHandler):
     def check_key(self):
         if self.api_key is None:
             return
-        if self.headers.get("Authorization", "") != f"Bearer {self.api_key}":
+        sent = self.headers.get("Authorization", "").encode()
+        if not hmac.compare_digest(sent, f"Bearer {self.api_key}".encode()):
             raise RequestError(401, "missing or wrong API key (send 'Authorization: Bearer KEY')",
                                code="invalid_api_key", kind="authentication_error")
 
@@ -358,7 +361,9 @@ class Handler(APIHandler):
                                   prompt_cache_count=None):
         if self.current.generation_tokens is not None:
             completion_token_count = self.current.generation_tokens
-        return super().completion_usage_response(prompt_token_count, completion_token_count, prompt_cache_count)
+        response = super().completion_usage_response(prompt_token_count, completion_token_count, prompt_cache_count)
+        response["object"] = self.object_type  # mlx-lm says "chat.completion" for text completions too
+        return response
 
     # --- the metrics feed -------------------------------------------------------------------
 
@@ -444,16 +449,15 @@ def make_server(model, tokenizer, model_dir, *, host="127.0.0.1", port=8080, api
     config = read_config(model_dir)
     context = context_length or config.get("max_position_embeddings") or 2048
     model_id = model_id or model_dir.name
-    worker = ModelWorker(model, tokenizer, model_id, context_length=context, stop=stop, max_tokens=max_tokens,
-                         temperature=temperature, top_p=top_p, top_k=top_k)
-    worker.chat_stop = stop_strings(model_dir)
+    worker = ModelWorker(model, tokenizer, model_id, context_length=context, stop=stop,
+                         chat_stop=stop_strings(model_dir), max_tokens=max_tokens, temperature=temperature,
+                         top_p=top_p, top_k=top_k)
     ids = tuple(dict.fromkeys([model_id, str(model_dir), str(model_dir.resolve())]))
 
     class BoundHandler(Handler):
         pass
 
-    BoundHandler.api_key = api_key
-    BoundHandler.model_ids = ids
+    BoundHandler.api_key, BoundHandler.model_ids = api_key, ids
 
     server = Server((host, port), lambda *args, **kwargs: BoundHandler(worker, *args, **kwargs))
     server.worker = worker

@@ -90,6 +90,7 @@ def test_argument_errors(argv, fragment, env):
     assert result.stderr.splitlines()[0].startswith("usage: mlxsmall")
 
 
+@pytest.mark.slow  # converts and runs the real default model
 def test_default_model_first_use_and_generate(default_model, env):
     path, first = default_model
     assert "Paris" in first.stdout  # the chat template is applied by default
@@ -100,8 +101,15 @@ def test_default_model_first_use_and_generate(default_model, env):
     assert "converting" not in result.stderr  # second run: from the cache
     raw = mlxsmall("generate", "-p", "The capital of France is", "-m", "4", "--raw", "-q", env=env)
     assert raw.returncode == 0 and raw.stdout.strip(), raw.stderr
+    # The program never imports torch (transformers would, for seconds at every start), and says nothing about it.
+    chat = mlxsmall("chat", "-m", "4", env=dict(env, PYTHONPROFILEIMPORTTIME="1"), stdin="Hi\n/quit\n")
+    assert chat.returncode == 0, chat.stderr
+    imported = {line.split("|")[-1].strip() for line in chat.stderr.splitlines() if line.startswith("import time:")}
+    assert "transformers" in imported and "torch" not in imported
+    assert "PyTorch" not in chat.stderr + chat.stdout
 
 
+@pytest.mark.slow
 def test_alias_of_the_default_reuses_its_cache_entry(default_model, env, shared_cache):
     result = mlxsmall("info", "smollm2", "--json", env=env)
     assert result.returncode == 0, result.stderr

@@ -5,7 +5,7 @@ Blocks tagged bash/sh/python run; untagged blocks run when every line is an `mlx
 (the docs' command synopses). Each command must succeed, except that a command naming a model or
 file that exists only online (or is a placeholder such as ./model) must fail with the one-line
 message, never a traceback. Commands that cannot run here are listed in SKIP with the reason;
-long ones are marked slow (CI runs them).
+the ones that run the real default model are marked slow (CI runs them; so does --runslow).
 """
 
 import re
@@ -37,6 +37,8 @@ SKIP_FILES = {
 # Commands that take minutes with the real default model on 2 CPU cores.
 SLOW = ("mlxsmall eval", "mlxsmall bench", "mlxsmall finetune", "mlxsmall fuse", "mlxsmall pretrain",
         "mlxsmall vlm train", "mlxsmall vlm eval")
+# Everything else that runs the real default model (seconds to minutes each) is slow too, but these.
+QUICK = ("mlxsmall models",)
 # A command that names one of these needs something that exists only online (a Hugging Face
 # checkpoint) or a placeholder path the reader replaces: offline it must fail in one line.
 ONLINE_OR_PLACEHOLDER = re.compile(
@@ -88,8 +90,8 @@ def doc_cases():
     for path in DOCS:
         name = path.relative_to(ROOT).as_posix()
         for language, start, text in fenced_blocks(path):
-            if language == "python":
-                cases.append(pytest.param(name, "python", text, id=f"{name}:{start}"))
+            if language == "python":  # runs the real default model
+                cases.append(pytest.param(name, "python", text, id=f"{name}:{start}", marks=pytest.mark.slow))
                 continue
             commands = list(shell_commands(text))
             if language not in ("bash", "sh", "shell", "console"):
@@ -97,7 +99,8 @@ def doc_cases():
                     continue  # a diagram or a listing, not commands
             for offset, command in commands:
                 line = shlex.join(command)
-                marks = [pytest.mark.slow] if line.startswith(SLOW) else []
+                runs_default_model = not ONLINE_OR_PLACEHOLDER.search(line) and not line.startswith(QUICK)
+                marks = [pytest.mark.slow] if line.startswith(SLOW) or runs_default_model else []
                 cases.append(pytest.param(name, "bash", command, id=f"{name}:{start + offset}:{line[:60]}",
                                           marks=marks))
     return cases

@@ -107,6 +107,7 @@ def test_variant_specs():
         parse_variant("m@q9", None)
 
 
+@pytest.mark.slow  # minutes on 2 cores (measured with --durations)
 def test_every_task_runs_end_to_end(make_tiny_model):
     path = make_tiny_model("llama")
     model, tokenizer, _ = load_variant(Variant(str(path), None))

@@ -199,3 +199,26 @@ def test_cli_convert_alias_uses_its_precision_and_template(cache, fake_hub, tmp_
     config = json.loads((tmp_path / "out" / "config.json").read_text())
     assert config["quantization"]["bits"] == 4
     assert (tmp_path / "out" / "chat_template.jinja").exists()
+
+
+def test_cpu_default_keeps_an_fp32_copy_of_cached_quantized_models(cache, make_tiny_model, monkeypatch):
+    from mlx.utils import tree_flatten
+
+    from mlxsmall import loading
+
+    monkeypatch.setattr(loading, "running_on_cpu", lambda: True)
+    cached = make_tiny_model("llama", path=hub.models_dir() / "tiny-q4g32", bits=4)
+    elsewhere = make_tiny_model("llama", bits=4)
+    expected, _ = load_model(cached, dtype="float32", dequantize=True)
+    first, _ = loading.load(cached)
+    fp32_dir = cache / "tiny-q4g32.fp32"
+    assert "quantization" not in json.loads((fp32_dir / "config.json").read_text())
+    real_dequantize = loading.dequantize_model
+    monkeypatch.setattr(loading, "dequantize_model", lambda model: pytest.fail("dequantized again"))
+    second, _ = loading.load(cached)  # from the fp32 copy
+    for model in (first, second):
+        for (name, want), (_, got) in zip(tree_flatten(expected.parameters()), tree_flatten(model.parameters())):
+            assert got.dtype == mx.float32 and mx.array_equal(want, got).item(), name
+    monkeypatch.setattr(loading, "dequantize_model", real_dequantize)
+    loading.load(elsewhere)  # a directory outside the cache is never copied
+    assert not elsewhere.with_name(elsewhere.name + ".fp32").exists()

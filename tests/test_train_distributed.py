@@ -40,6 +40,7 @@ def settings():
     return FinetuneSettings(method="lora", rank=4, dropout=0.2, max_length=48, train=train)
 
 
+@pytest.mark.slow  # minutes on 2 cores (measured with --durations)
 def test_two_ring_processes_follow_the_single_process_loss_curve(make_tiny_model, tmp_path):
     model = make_tiny_model("mobillama")
     data = tmp_path / "data"

@@ -10,6 +10,7 @@ import textwrap
 
 import mlx.core as mx
 import numpy as np
+import pytest
 
 RUN = textwrap.dedent("""
     import os, signal, sys
@@ -45,6 +46,7 @@ def run(script, *args):
                           capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow  # minutes on 2 cores (measured with --durations)
 def test_sigkill_then_resume_matches_an_uninterrupted_run(make_tiny_model, tmp_path):
     model = make_tiny_model("mobillama")
     data = tmp_path / "data.jsonl"

@@ -130,6 +130,7 @@ def test_ctrl_c_quits_cleanly_mid_generation(tiny_llama):
     assert not app.worker.thread.is_alive()
 
 
+@pytest.mark.slow  # minutes on 2 cores (measured with --durations)
 def test_bench_tab_sweeps_levels_and_exports(tiny_llama, tmp_path):
     bench = BenchConfig(prompt_lengths=(8, 16), generation_tokens=4, repeats=2)
 

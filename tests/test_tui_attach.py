@@ -113,3 +113,22 @@ def test_unreachable_server_is_reported():
             await pilot.press("ctrl+c")
 
     asyncio.run(scenario())
+
+
+def test_feed_events_round_trip_and_token_steps_merge():
+    from mlxsmall.events import Event
+    from mlxsmall.serve import merge_token_events, to_json
+    from mlxsmall.telemetry import MemorySnapshot
+    from mlxsmall.tui.attach import base_url, decode_event
+
+    memory = MemorySnapshot(active_gb=0.1, peak_gb=0.2, cache_gb=0.0, rss_gb=0.5)
+    event = Event("telemetry", {"memory": memory})
+    assert decode_event({"kind": event.kind, "time": event.time, "fields": to_json(event.fields)}) == event
+
+    steps = [Event("generation", {"phase": "start", "prompt_tokens": 3})]
+    steps += [Event("generation", {"phase": "token", "text": t, "generation_tokens": i + 1}) for i, t in enumerate("abc")]
+    steps += [Event("serve", {"phase": "done", "queue": 0})]
+    merged = merge_token_events(steps)
+    assert [e.kind for e in merged] == ["generation", "generation", "serve"]
+    assert merged[1]["text"] == "abc" and merged[1]["generation_tokens"] == 3
+    assert base_url("127.0.0.1:8080/v1/") == "http://127.0.0.1:8080"
