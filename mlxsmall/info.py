@@ -54,3 +54,13 @@ def model_facts(path) -> ModelFacts:
         resident_bytes_fp32=unique * 4,
         sharing=model.sharing,
     )
+
+
+def weights_dtype(model) -> str:
+    """The dtype the weights run in: fp32, fp16, bf16 or quantized."""
+    from mlx.utils import tree_flatten
+
+    for _, value in tree_flatten(model.parameters()):
+        name = str(value.dtype).replace("mlx.core.", "")
+        return {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16", "uint32": "quantized"}.get(name, name)
+    return ""

@@ -5,7 +5,7 @@ import json
 import mlxsmall  # noqa: F401  (preloads OpenBLAS before mlx)
 import pytest
 
-from mlxsmall.eval.bench import BenchOptions, bench_variants, random_prompt
+from mlxsmall.measure.bench import BenchOptions, bench_variants, random_prompt
 from mlxsmall.eval.report import bench_markdown, plot_bench
 from mlxsmall.eval.variants import Variant
 
@@ -73,10 +73,10 @@ def test_energy_is_na_without_a_meter(make_tiny_model, tmp_path):
 
 def test_bench_cli(make_tiny_model, tmp_path, capsys, monkeypatch):
     from mlxsmall.cli import main
-    from mlxsmall.telemetry import UnavailableMeter
+    from mlxsmall.measure import UnavailableMeter
 
     hint = "pynvml not installed (pip install 'mlxsmall[nvidia]')"
-    monkeypatch.setattr("mlxsmall.eval.bench.open_meter", lambda: UnavailableMeter(hint))
+    monkeypatch.setattr("mlxsmall.measure.open_power_meter", lambda: UnavailableMeter(hint))
     path = make_tiny_model("llama")
     out, plot = tmp_path / "bench.json", tmp_path / "bench.png"
     code = main(["bench", str(path), "--precisions", "fp16", "q8", "mixed_3_6", "-p", "8", "-n", "2", "-r", "1",

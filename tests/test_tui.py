@@ -13,7 +13,7 @@ from textual.widgets import DataTable, Input, Static, TabbedContent
 from mlxsmall import events
 from mlxsmall.measure import UnavailableMeter
 from mlxsmall.tui.app import DashboardApp
-from mlxsmall.tui.bench import BenchConfig
+from mlxsmall.measure.sweep import BenchConfig
 from mlxsmall.tui.widgets import ChatLog, MemoryPowerPanel, ModelPanel, SpeedPanel
 
 SIZE = (80, 24)

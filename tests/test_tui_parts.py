@@ -13,7 +13,7 @@ from mlxsmall.errors import MlxsmallError
 from mlxsmall.events import Event
 from mlxsmall.measure import MemorySnapshot, UnavailableMeter
 from mlxsmall.measure.nvml import NvmlMeter
-from mlxsmall.tui import bench
+from mlxsmall.measure import sweep as bench
 from mlxsmall.tui.metrics import DashboardMetrics
 from mlxsmall.tui.worker import Cancelled, MLXWorker
 
@@ -202,10 +202,21 @@ def test_sweep_stops_when_cancelled(make_tiny_model):
                         meter=UnavailableMeter("none"), check_cancel=cancel)
 
 
-def test_load_level_refuses_to_requantize(make_tiny_model):
+def test_load_level_builds_levels_as_bench_does(make_tiny_model):
+    """The sweep's levels come from the one variant builder: the stored level is the model as
+    saved; re-quantizing a quantized model says so (a warning event) instead of posing as q8."""
+    from mlxsmall import events
+
     path = make_tiny_model("llama", bits=4)
-    with pytest.raises(ValueError, match="cannot requantize"):
+    seen = []
+    unsubscribe = events.subscribe(lambda event: seen.append(event))
+    try:
+        bench.load_level(path, "q4")
+        assert not [e for e in seen if e.kind == "warning"]
         bench.load_level(path, "q8")
+    finally:
+        unsubscribe()
+    assert any(e.kind == "warning" and "already quantized" in str(e.fields) for e in seen)
 
 
 # --- command line -----------------------------------------------------------------------------

@@ -13,7 +13,7 @@ pytest.importorskip("pytest_textual_snapshot")
 
 from mlxsmall.measure import MemorySnapshot, UnavailableMeter  # noqa: E402
 from mlxsmall.tui.app import DashboardApp  # noqa: E402
-from mlxsmall.tui.bench import BenchConfig, BenchReport, BenchRow, Stat  # noqa: E402
+from mlxsmall.measure.sweep import BenchConfig, BenchReport, BenchRow, Stat  # noqa: E402
 from mlxsmall.tui.metrics import RequestResult  # noqa: E402
 from mlxsmall.tui.widgets import BenchView, ChatLog, ModelPanel  # noqa: E402
 

@@ -29,7 +29,7 @@ from mlxsmall.measure import (
     memory_snapshot,
 )
 
-from . import bench as bench_lib
+from mlxsmall.measure import sweep as bench_lib
 from .metrics import DashboardMetrics
 from .widgets import BenchView, ChatLog, MemoryPowerPanel, ModelPanel, SpeedPanel
 from .worker import Cancelled, MLXWorker
@@ -224,7 +224,7 @@ class DashboardApp(App):
 
     def _load_job(self):
         from mlxsmall.chat import ChatSession
-        from mlxsmall.info import model_facts
+        from mlxsmall.info import model_facts, weights_dtype
         from mlxsmall.loading import load
 
         model, tokenizer = load(self.model_path, dtype=self.dtype)
@@ -232,7 +232,7 @@ class DashboardApp(App):
         # room for the history plus a full answer, even when --max-tokens is large
         session = ChatSession(model, tokenizer, max_tokens=self.max_tokens,
                               context_length=max(2048, self.max_tokens + 1024))
-        run_dtype = _weights_dtype(model)
+        run_dtype = weights_dtype(model)
         events.publish("telemetry", memory=memory_snapshot())
         return model, tokenizer, facts, session, run_dtype
 
@@ -451,15 +451,6 @@ class DashboardApp(App):
             self.worker.stop(timeout=10)
         if self.meter is not None:
             self.meter.close()
-
-
-def _weights_dtype(model) -> str:
-    from mlx.utils import tree_flatten
-
-    for _, value in tree_flatten(model.parameters()):
-        name = str(value.dtype).replace("mlx.core.", "")
-        return {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16", "uint32": "quantized"}.get(name, name)
-    return ""
 
 
 def _one_line(error: BaseException) -> str:

@@ -10,7 +10,7 @@ from textual.widgets import DataTable, Label, Sparkline, Static
 
 from mlxsmall.measure import PowerMeter
 
-from .bench import COLUMNS, BenchReport, row_cells
+from mlxsmall.measure.sweep import COLUMNS, BenchReport, row_cells
 from .metrics import DashboardMetrics
 
 DASH = "–"  # not measured yet (different from n/a: nothing can measure it)

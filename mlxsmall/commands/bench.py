@@ -52,7 +52,7 @@ def register(subparsers):
 
 def run(args):
     from mlxsmall.errors import MlxsmallError
-    from mlxsmall.eval.bench import BenchOptions, bench_variants, options_dict
+    from mlxsmall.measure.bench import BenchOptions, bench_variants, options_dict
     from mlxsmall.measure import open_power_meter
     from mlxsmall.eval.report import bench_markdown, plot_bench, write_atomic, write_json
     from mlxsmall.eval.variants import parse_variant

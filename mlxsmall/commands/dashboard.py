@@ -63,7 +63,7 @@ def register(subparsers):
 
 def bench_config(args):
     from ..errors import MlxsmallError
-    from ..tui.bench import BenchConfig
+    from ..measure.sweep import BenchConfig
 
     try:
         lengths = tuple(int(n) for n in args.bench_prompts.split(",") if n.strip())

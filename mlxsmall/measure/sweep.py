@@ -1,4 +1,4 @@
-"""The dashboard's bench view: a standard speed sweep across quantization levels.
+"""The dashboard's speed sweep across quantization levels (the dashboard only draws it).
 
 For each level (the stored weights, plus 8- and 4-bit quantized in memory when the stored
 weights are floating point) and each prompt length (128, 512), generate 128 tokens greedily,
@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence, Tuple
 
-from mlxsmall.measure import EnergyWindow, PowerMeter, UnavailableMeter
+from mlxsmall.measure import PowerMeter, UnavailableMeter
 
 
 @dataclass(frozen=True)
@@ -90,28 +90,19 @@ def available_levels(config: dict, on_cpu: bool) -> List[str]:
 
 
 def load_level(model_dir: Path, level: str, group_size: int = 64):
-    """``(model, tokenizer)`` for one level; quantized levels are made in memory."""
-    from mlxsmall.loading import load_model, load_tokenizer
-    from mlxsmall.quantize import is_quantized, quantize_model
+    """``(model, tokenizer)`` for one level, built as `mlxsmall bench` builds its variants
+    (`mlxsmall.eval.variants`): a quantized level is what `mlxsmall quantize` writes, run as
+    `load` runs it; the stored quantization level is the model as saved."""
+    from mlxsmall.eval.variants import QUANT, Variant, load_variant
+    from mlxsmall.loading import read_config
 
-    dtypes = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
-    tokenizer = load_tokenizer(model_dir)
-    if level in dtypes:
-        model, _ = load_model(model_dir, dtype=dtypes[level], dequantize=True)
-        return model, tokenizer
-    if not level.startswith("q") or not level[1:].isdigit():
-        raise ValueError(f"unknown level {level!r}")
-    bits = int(level[1:])
-    model, config = load_model(model_dir, lazy=True)
-    if is_quantized(config):
-        if config["quantization"].get("bits") != bits:
-            raise ValueError(f"{model_dir} is stored at q{config['quantization'].get('bits')}; "
-                             f"cannot requantize to {level}")
-    else:
-        quantize_model(model, config, bits=bits, group_size=group_size)
-    import mlx.core as mx
-
-    mx.eval(model.parameters())
+    quantization = read_config(model_dir).get("quantization") or {}
+    precision = level
+    if quantization and level == f"q{quantization.get('bits')}":
+        precision = None  # as stored
+    elif QUANT.match(level) and "g" not in level and group_size != 64:
+        precision = f"{level}g{group_size}"
+    model, tokenizer, _ = load_variant(Variant(str(model_dir), precision))
     return model, tokenizer
 
 
@@ -132,29 +123,11 @@ def synthetic_prompt(tokenizer, length: int, seed: int) -> List[int]:
 
 def measure_once(model, tokenizer, prompt: List[int], max_tokens: int, meter: PowerMeter,
                  check_cancel: Callable[[], None] = lambda: None) -> dict:
-    """One greedy run; energy is counted from the first token on (decode only)."""
-    import mlx.core as mx
+    """One greedy run, measured as `mlxsmall bench` measures it (J/token: decode only)."""
+    from mlxsmall.measure.bench import timed_request
 
-    from mlxsmall.generation import stream_generate
-
-    mx.reset_peak_memory()
-    window = None
-    last = None
-    for step in stream_generate(model, tokenizer, prompt, max_tokens=max_tokens):
-        if window is None:
-            window = EnergyWindow.begin(meter)
-        last = step
-        check_cancel()
-    decoded = max(0, last.generation_tokens - 1)
-    energy = window.stop(tokens=decoded) if window else None
-    return dict(
-        prompt_tps=last.prompt_tps,
-        generation_tps=last.generation_tps,
-        ttft_ms=last.time_to_first_token * 1000,
-        generated_tokens=last.generation_tokens,
-        peak_memory_gb=last.peak_memory,
-        joules_per_token=energy.joules_per_token if energy else None,
-    )
+    run = timed_request(model, tokenizer, prompt, max_tokens, meter, on_step=check_cancel)
+    return dict(run, generated_tokens=run.pop("generated"))
 
 
 def run_sweep(model_dir, bench: BenchConfig = BenchConfig(), meter: Optional[PowerMeter] = None,

@@ -17,6 +17,8 @@ from typing import Callable, Dict, List, Optional, Sequence
 import mlx.core as mx
 
 from mlxsmall.errors import MlxsmallError
+from mlxsmall.measure.energy import EnergyWindow
+from mlxsmall.measure.power import UnavailableMeter
 
 BASELINES = ("mlx-lm",)
 
@@ -51,35 +53,35 @@ def _stats(values: Sequence[Optional[float]]) -> Dict[str, Optional[float]]:
     return {"mean": statistics.fmean(present), "std": statistics.stdev(present) if len(present) > 1 else 0.0}
 
 
-def timed_request(model, tokenizer, prompt: List[int], generation_tokens: int, meter) -> dict:
+def timed_request(model, tokenizer, prompt: List[int], generation_tokens: int, meter=None,
+                  on_step: Callable[[], None] = lambda: None) -> dict:
     """One request through ``mlxsmall.generation.stream_generate``, with energy split into
-    prefill (up to the first token) and decode (the rest) when a meter is available."""
+    prefill (up to the first token, per prompt token) and decode (the rest, per decoded token);
+    n/a without a meter. ``on_step`` runs after every token (the dashboard cancels through it)."""
     from mlxsmall.generation import stream_generate
 
+    meter = meter or UnavailableMeter("no power meter given")
     mx.reset_peak_memory()
-    start_joules = meter.read_joules() if meter else None
-    first_joules = None
+    prefill = EnergyWindow.begin(meter)
+    decode = None
     last = None
     for step in stream_generate(model, tokenizer, prompt, max_tokens=generation_tokens):
-        if last is None and meter:
-            first_joules = meter.read_joules()
+        if decode is None:  # one reading at the first token ends prefill and starts decode
+            prefill = prefill.stop(tokens=step.prompt_tokens)
+            decode = EnergyWindow(prefill.end, meter=meter)
         last = step
-    end_joules = meter.read_joules() if meter else None
+        on_step()
     if last is None:
         raise MlxsmallError("the model produced no tokens")
-    decoded = max(last.generation_tokens - 1, 0)
-    prefill_j = decode_j = None
-    if None not in (start_joules, first_joules, end_joules):
-        prefill_j = (first_joules - start_joules) / max(last.prompt_tokens, 1)
-        decode_j = (end_joules - first_joules) / decoded if decoded else None
+    decode = decode.stop(tokens=max(last.generation_tokens - 1, 0))
     return {
         "ttft_ms": last.time_to_first_token * 1000,
         "prompt_tps": last.prompt_tps,
         "generation_tps": last.generation_tps,
         "generated": last.generation_tokens,
         "peak_memory_gb": last.peak_memory,
-        "prefill_joules_per_token": prefill_j,
-        "joules_per_token": decode_j,
+        "prefill_joules_per_token": prefill.joules_per_token,
+        "joules_per_token": decode.joules_per_token,
     }
 
 
@@ -133,7 +135,7 @@ def bench_variants(variants, options: BenchOptions, *, meter=None,
     from mlxsmall.loading import weight_bytes
     from mlxsmall.quantize import bits_per_weight
 
-    from .variants import load_variant
+    from mlxsmall.eval.variants import load_variant
 
     if options.baseline is not None and options.baseline not in BASELINES:
         raise MlxsmallError(f"--baseline must be one of {', '.join(BASELINES)}, got {options.baseline!r}")
