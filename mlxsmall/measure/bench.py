@@ -18,7 +18,7 @@ import mlx.core as mx
 
 from mlxsmall.errors import MlxsmallError
 from mlxsmall.measure.energy import EnergyWindow
-from mlxsmall.measure.power import UnavailableMeter
+from mlxsmall.measure.meter import UnavailableMeter
 
 BASELINES = ("mlx-lm",)
 

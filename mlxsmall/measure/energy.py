@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass
 from typing import Optional
 
-from mlxsmall.measure.power import PowerMeter
+from mlxsmall.measure.meter import PowerMeter
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ import sys
 import threading
 from typing import Dict, Iterable, List, Optional, Tuple
 
-from mlxsmall.measure.power import PowerMeter
+from mlxsmall.measure.meter import PowerMeter
 
 
 _ENERGY_UNITS = {"mJ": 1e-3, "uJ": 1e-6, "µJ": 1e-6, "nJ": 1e-9}

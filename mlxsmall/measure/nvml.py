@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from typing import Iterable, List, Optional
 
-from mlxsmall.measure.power import PowerMeter
+from mlxsmall.measure.meter import PowerMeter
 
 
 class NvmlMeter(PowerMeter):

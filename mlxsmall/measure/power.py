@@ -1,5 +1,5 @@
-"""A power meter is a cumulative energy counter; this module holds the interface and picks
-the best source on this machine, best first:
+"""Picks the best energy source on this machine (the interface is in meter.py),
+best first:
 
 - macOS: IOReport "Energy Model" counters (CPU/GPU/ANE/DRAM) through ctypes, as macmon reads
   them; needs no sudo. `powermetrics` when running as root is the fallback.
@@ -16,31 +16,7 @@ import platform
 import sys
 from typing import Callable, List, Optional
 
-
-class PowerMeter:
-    """A cumulative energy counter. ``read_joules()`` is energy since the meter was opened,
-    or None when unavailable (``reason`` says why)."""
-
-    name = "n/a"
-    available = False
-    reason: Optional[str] = None
-
-    def read_joules(self) -> Optional[float]:
-        return None
-
-    def close(self) -> None:
-        pass
-
-    def describe(self) -> str:
-        """One line for a UI: the source name, or ``n/a (reason)``."""
-        return self.name if self.available else f"n/a ({self.reason or 'no energy source'})"
-
-
-class UnavailableMeter(PowerMeter):
-    def __init__(self, reason: str):
-        self.reason = reason
-
-
+from mlxsmall.measure.meter import PowerMeter, UnavailableMeter
 
 
 def _mlx_runs_on_gpu() -> bool:

@@ -9,7 +9,7 @@ import sys
 import threading
 from typing import List, Optional
 
-from mlxsmall.measure.power import PowerMeter
+from mlxsmall.measure.meter import PowerMeter
 
 
 def parse_powermetrics_sample(sample: dict) -> Optional[float]:

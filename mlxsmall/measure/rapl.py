@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional
 
-from mlxsmall.measure.power import PowerMeter
+from mlxsmall.measure.meter import PowerMeter
 
 
 POWERCAP_ROOT = Path("/sys/class/powercap")
