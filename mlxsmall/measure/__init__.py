@@ -11,7 +11,8 @@ Both `mlxsmall bench` and the dashboard measure through this package; the dashbo
 
 from mlxsmall.measure.energy import EnergyReading, EnergyWindow, PowerSampler
 from mlxsmall.measure.memory import MemorySnapshot, memory_snapshot
-from mlxsmall.measure.meter import PowerMeter, UnavailableMeter, open_power_meter
+from mlxsmall.measure.meter import PowerMeter, UnavailableMeter
+from mlxsmall.measure.power import open_power_meter
 
 __all__ = [
     "EnergyReading", "EnergyWindow", "PowerSampler", "MemorySnapshot", "memory_snapshot",
