@@ -138,7 +138,9 @@ def bench_variants(variants, options: BenchOptions, *, meter=None,
     if options.baseline is not None and options.baseline not in BASELINES:
         raise MlxsmallError(f"--baseline must be one of {', '.join(BASELINES)}, got {options.baseline!r}")
     if meter is None:
-        meter = open_meter()
+        from mlxsmall.measure import open_power_meter
+
+        meter = open_power_meter()
     rows = []
     for variant in variants:
         if on_variant:
@@ -189,18 +191,6 @@ def bench_baseline(model, config, tokenizer, ours: dict, options: BenchOptions, 
         "generation_tps_ratio": _ratio(ours["generation_tps_mean"], theirs["generation_tps_mean"]),
         "ttft_ratio": _ratio(ours["ttft_ms_mean"], theirs["ttft_ms_mean"]),
     }
-
-
-def open_meter():
-    """The dashboard's power meter, or an n/a one that says why."""
-    try:
-        from mlxsmall.telemetry import open_power_meter
-    except ImportError as error:  # telemetry is optional for benchmarks
-        from types import SimpleNamespace
-
-        reason = f"telemetry unavailable: {error}"
-        return SimpleNamespace(available=False, read_joules=lambda: None, describe=lambda: f"n/a ({reason})")
-    return open_power_meter()
 
 
 def options_dict(options: BenchOptions) -> dict:

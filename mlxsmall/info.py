@@ -4,7 +4,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
 
-from .loading import load_model, parameter_counts, weight_bytes
+from .loading import load_model, weight_bytes
 from .quantize import bits_per_weight
 
 
@@ -31,23 +31,10 @@ class ModelFacts:
         return asdict(self)
 
 
-def describe_sharing(config: dict) -> str:
-    if config.get("model_type") == "mobillama":
-        return "one FFN shared by all blocks" if config.get("shared_ffn", True) else "none (per-layer FFN)"
-    if config.get("layer_sharing"):
-        return f"layer sharing x2 ({config.get('layer_sharing_kv', 'shared')} KV)"
-    if config.get("share_embedding") or config.get("tie_word_embeddings"):
-        return "embedding shared with output"
-    return "none"
-
-
 def model_facts(path) -> ModelFacts:
     path = Path(path)
     model, config = load_model(path, lazy=True)
-    applied, unique = parameter_counts(model)
-    kv_heads = config.get("num_key_value_heads") or config["num_attention_heads"]
-    if config.get("model_type") == "mobillama":
-        kv_heads = config["num_attention_heads"]
+    unique = model.unique_parameters
     disk = sum(f.stat().st_size for f in path.glob("model*.safetensors"))
     return ModelFacts(
         path=str(path),
@@ -56,14 +43,14 @@ def model_facts(path) -> ModelFacts:
         applications=model.applications,
         hidden_size=config["hidden_size"],
         heads=config["num_attention_heads"],
-        kv_heads=kv_heads,
+        kv_heads=model.args.num_key_value_heads,
         vocab_size=config["vocab_size"],
-        parameters=applied,
+        parameters=model.applied_parameters,
         unique_parameters=unique,
         quantization=config.get("quantization"),
         bits_per_weight=bits_per_weight(model),
         size_on_disk=disk,
         resident_bytes=weight_bytes(model),
         resident_bytes_fp32=unique * 4,
-        sharing=describe_sharing(config),
+        sharing=model.sharing,
     )

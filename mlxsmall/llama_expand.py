@@ -15,18 +15,12 @@ from .errors import MlxsmallError
 
 
 def llama_args(model) -> llama.ModelArgs:
-    args = model.args
-    if args.model_type == "mobillama":
-        block = args.block_args()
-        tied = False
-    else:
-        block = args
-        tied = args.output_uses_embedding
-        if args.layer_sharing and args.layer_sharing_kv != "own":
-            raise MlxsmallError(
-                "layer sharing with shared KV has no plain-llama equivalent; "
-                "expand a model with layer_sharing_kv='own'"
-            )
+    block = model.args
+    if block.shared_kv:
+        raise MlxsmallError(
+            "layer sharing with shared KV has no plain-llama equivalent; "
+            "expand a model with layer_sharing_kv='own'"
+        )
     return llama.ModelArgs(
         model_type="llama",
         hidden_size=block.hidden_size,
@@ -41,7 +35,7 @@ def llama_args(model) -> llama.ModelArgs:
         rope_traditional=block.rope_traditional,
         rope_scaling=block.rope_scaling,
         max_position_embeddings=block.max_position_embeddings,
-        tie_word_embeddings=tied,
+        tie_word_embeddings=block.output_uses_embedding,
     )
 
 

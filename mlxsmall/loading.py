@@ -206,10 +206,8 @@ def resolve_model_path(path_or_alias: Union[str, Path]) -> Path:
     path = Path(path_or_alias).expanduser()
     if path.is_dir():
         return path
-    try:
-        from . import hub
-    except ImportError:
-        raise MlxsmallError(f"{path_or_alias}: no such model directory") from None
+    from . import hub
+
     return hub.resolve_model(str(path_or_alias))
 
 
@@ -269,30 +267,12 @@ def save_model(
 # --------------------------------------------------------------------------- facts
 
 
-def parameter_counts(model: nn.Module) -> Tuple[int, int]:
-    """``(parameters, unique)`` counts; quantized weights count their original elements.
-
-    ``unique`` is what is stored once. ``parameters`` counts MobiLlama's shared
-    FFN once per block, as the paper's "duplicated" figure does (SPEC.md:
-    534,865,920 unique vs 1,261,529,088 for 05B). Layer-shared MobileLLM blocks
-    count once: the papers report their size that way (125M-LS is 125M).
-    """
-    from mlx_lm.utils import get_total_parameters
-
-    unique = get_total_parameters(model)
-    applied = unique
-    shared_mlp = getattr(getattr(model, "model", None), "shared_mlp", None)
-    if shared_mlp is not None:
-        applied += get_total_parameters(shared_mlp) * (len(model.layers) - 1)
-    return applied, unique
-
-
 def weight_bytes(model: nn.Module) -> int:
     return sum(v.nbytes for _, v in tree_flatten(model.parameters()))
 
 
 __all__ = [
     "ARCHITECTURES", "build_model", "load", "load_model",
-    "load_tokenizer", "model_args", "parameter_counts", "read_config",
+    "load_tokenizer", "model_args", "read_config",
     "resolve_model_path", "save_model", "weight_bytes",
 ]

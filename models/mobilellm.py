@@ -20,6 +20,7 @@ from typing import Any, Dict, Optional, Union
 
 import mlx.core as mx
 import mlx.nn as nn
+from mlx.utils import tree_flatten
 from mlx_lm.models.activations import swiglu
 from mlx_lm.models.base import (
     BaseModelArgs,
@@ -75,6 +76,11 @@ class ModelArgs(BaseModelArgs):
     @property
     def output_uses_embedding(self) -> bool:
         return self.share_embedding or self.tie_word_embeddings
+
+    @property
+    def shared_kv(self) -> bool:
+        """The second application of a block attends to the first one's keys/values."""
+        return self.layer_sharing and self.layer_sharing_kv == "shared"
 
 
 class RecordingCache:
@@ -260,8 +266,45 @@ class Model(nn.Module):
         """How many block applications one forward pass makes (the effective depth)."""
         return len(self.layers) * (2 if self.args.layer_sharing else 1)
 
+    @property
+    def cache_slots(self) -> int:
+        """KV cache entries: one per stored block, or one per application with ``own`` KV."""
+        if self.args.layer_sharing and not self.args.shared_kv:
+            return 2 * len(self.layers)
+        return len(self.layers)
+
     def make_cache(self):
-        slots = len(self.layers)
-        if self.args.layer_sharing and self.args.layer_sharing_kv == "own":
-            slots *= 2
-        return [KVCache() for _ in range(slots)]
+        return [KVCache() for _ in range(self.cache_slots)]
+
+    @property
+    def unique_parameters(self) -> int:
+        """Parameters stored once (quantized weights count their original elements)."""
+        return count_parameters(self)
+
+    @property
+    def applied_parameters(self) -> int:
+        """Parameters as the papers count them: a layer-shared block counts once (125M-LS is 125M)."""
+        return self.unique_parameters
+
+    @property
+    def sharing(self) -> str:
+        """What this model shares, in a few words (for `mlxsmall info` and the dashboard)."""
+        if self.args.layer_sharing:
+            return f"layer sharing x2 ({self.args.layer_sharing_kv} KV)"
+        if self.args.output_uses_embedding:
+            return "embedding shared with output"
+        return "none"
+
+
+def count_parameters(module: nn.Module) -> int:
+    """Elements of every parameter, stored once; quantized layers count the elements they
+    stand for (``packed * 32 / bits``), as mlx-lm's ``get_total_parameters`` does."""
+
+    def elements(leaf) -> int:
+        if hasattr(leaf, "bits"):
+            bias = leaf.get("bias")
+            return leaf.weight.size * 32 // leaf.bits + (bias.size if bias is not None else 0)
+        return sum(value.size for _, value in tree_flatten(leaf.parameters()))
+
+    leaves = tree_flatten(module.leaf_modules(), is_leaf=lambda m: isinstance(m, nn.Module))
+    return sum(elements(leaf) for _, leaf in leaves)

@@ -9,57 +9,46 @@ reference code ignores ``rope_theta``); the output head is untied.
 """
 
 from dataclasses import dataclass
-from typing import Optional
 
 import mlx.core as mx
 import mlx.nn as nn
-from mlx_lm.models.base import BaseModelArgs, create_attention_mask
+from mlx_lm.models.base import create_attention_mask
 from mlx_lm.models.cache import KVCache
 
 from . import mobilellm
-from .mobilellm import MLP, TransformerBlock, drop_rotary_buffers
+from .mobilellm import MLP, TransformerBlock, count_parameters, drop_rotary_buffers
 
 REFERENCE_ROPE_THETA = 10000.0
-MLP_PROJECTIONS = ("gate_proj", "up_proj", "down_proj")
 
 
 @dataclass
-class ModelArgs(BaseModelArgs):
-    model_type: str
-    hidden_size: int
-    num_hidden_layers: int
-    intermediate_size: int
-    num_attention_heads: int
-    vocab_size: int
-    rms_norm_eps: float = 1e-5
-    max_position_embeddings: Optional[int] = None
-    shared_ffn: bool = True
-    # Kept only so that configs round-trip; attention is full multi-head.
-    num_key_value_heads: Optional[int] = None
+class ModelArgs(mobilellm.ModelArgs):
+    """MobileLLM's arguments with one FFN for every block (``shared_ffn``), full multi-head
+    attention whatever ``num_key_value_heads`` says, RoPE theta 10000 whatever ``rope_theta``
+    says, an untied output head and no layer sharing."""
 
-    def block_args(self) -> mobilellm.ModelArgs:
-        return mobilellm.ModelArgs(
-            model_type=self.model_type,
-            hidden_size=self.hidden_size,
-            num_hidden_layers=self.num_hidden_layers,
-            intermediate_size=self.intermediate_size,
-            num_attention_heads=self.num_attention_heads,
-            num_key_value_heads=self.num_attention_heads,
-            vocab_size=self.vocab_size,
-            rms_norm_eps=self.rms_norm_eps,
-            rope_theta=REFERENCE_ROPE_THETA,
-            max_position_embeddings=self.max_position_embeddings,
-        )
+    shared_ffn: bool = True
+
+    def __post_init__(self):
+        # The reference code reads none of these fields; a config that sets them still
+        # describes the same function.
+        self.num_key_value_heads = self.num_attention_heads
+        self.head_dim = None
+        self.rope_theta = REFERENCE_ROPE_THETA
+        self.rope_traditional, self.rope_scaling = False, None
+        self.attention_bias = self.mlp_bias = False
+        self.share_embedding = self.tie_word_embeddings = False
+        self.layer_sharing = False
+        super().__post_init__()
 
 
 class MobiLlamaModel(nn.Module):
     def __init__(self, args: ModelArgs):
         super().__init__()
         self.args = args
-        block_args = args.block_args()
         self.embed_tokens = nn.Embedding(args.vocab_size, args.hidden_size)
         self.layers = [
-            TransformerBlock(block_args, own_mlp=not args.shared_ffn)
+            TransformerBlock(args, own_mlp=not args.shared_ffn)
             for _ in range(args.num_hidden_layers)
         ]
         if args.shared_ffn:
@@ -102,8 +91,28 @@ class Model(nn.Module):
     def applications(self) -> int:
         return len(self.layers)
 
+    @property
+    def cache_slots(self) -> int:
+        return len(self.layers)
+
     def make_cache(self):
-        return [KVCache() for _ in self.layers]
+        return [KVCache() for _ in range(self.cache_slots)]
+
+    @property
+    def unique_parameters(self) -> int:
+        return count_parameters(self)
+
+    @property
+    def applied_parameters(self) -> int:
+        """The shared FFN counted once per block, as the paper's "duplicated" figure does
+        (SPEC.md: 534,865,920 unique vs 1,261,529,088 for 05B)."""
+        if not self.args.shared_ffn:
+            return self.unique_parameters
+        return self.unique_parameters + count_parameters(self.model.shared_mlp) * (len(self.layers) - 1)
+
+    @property
+    def sharing(self) -> str:
+        return "one FFN shared by all blocks" if self.args.shared_ffn else "none (per-layer FFN)"
 
 
 def fold_layer_mlps(weights: dict, num_layers: int) -> dict:

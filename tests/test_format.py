@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from mlxsmall.errors import MlxsmallError
-from mlxsmall.loading import load_model, parameter_counts, save_model
+from mlxsmall.loading import load_model, save_model
 from mlxsmall.quantize import quantize_model
 
 ARCHS = ["mobilellm", "mobilellm-ls", "mobillama", "mobillama-1b", "llama"]
@@ -57,8 +57,7 @@ def test_shared_ffn_is_stored_and_quantized_once(make_tiny_model):
         f"model.shared_mlp.{p}.{s}" for p in ("down_proj", "gate_proj", "up_proj") for s in ("biases", "scales", "weight")
     )
     model, _ = load_model(path)
-    applied, unique = parameter_counts(model)
-    assert applied > unique
+    assert model.applied_parameters > model.unique_parameters
 
 
 def test_layer_shared_blocks_stored_once(make_tiny_model):

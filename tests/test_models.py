@@ -170,3 +170,33 @@ def test_input_embeddings_replace_token_embeddings(tiny_config):
     np.testing.assert_allclose(
         np.array(model(x, input_embeddings=embeddings)), np.array(model(x)), atol=1e-6
     )
+
+
+@pytest.mark.parametrize("arch, config, unique, applied, slots", [
+    # SPEC.md: MobileLLM-125M 124,635,456 parameters; MobiLlama-05B 534,865,920 unique,
+    # 1,261,529,088 with the shared FFN counted once per block.
+    ("mobilellm", dict(model_type="mobilellm", hidden_size=576, num_hidden_layers=30, intermediate_size=1536,
+                       num_attention_heads=9, num_key_value_heads=3, vocab_size=32000, share_embedding=True),
+     124_635_456, 124_635_456, 30),
+    ("mobilellm-ls", dict(model_type="mobilellm", hidden_size=576, num_hidden_layers=30, intermediate_size=1536,
+                          num_attention_heads=9, num_key_value_heads=3, vocab_size=32000, share_embedding=True,
+                          layer_sharing=True, layer_sharing_kv="own"),
+     124_635_456, 124_635_456, 60),
+    ("mobillama", dict(model_type="mobillama", hidden_size=2048, num_hidden_layers=22, intermediate_size=5632,
+                       num_attention_heads=32, num_key_value_heads=4, vocab_size=32000, rope_theta=500000.0),
+     534_865_920, 1_261_529_088, 22),
+])
+def test_models_own_their_facts(arch, config, unique, applied, slots):
+    """Parameter counts and cache slots come from the model (lazy arrays: nothing is allocated),
+    checked against the published counts and against mlx-lm's own parameter count."""
+    from mlx_lm.utils import get_total_parameters
+
+    from mlxsmall.loading import build_model
+
+    model = build_model(config)
+    assert model.unique_parameters == unique == get_total_parameters(model)
+    assert model.applied_parameters == applied
+    assert model.cache_slots == len(model.make_cache()) == slots
+    if arch == "mobillama":  # facts the reference code fixes whatever the config says
+        assert model.args.num_key_value_heads == 32 and model.args.rope_theta == 10000.0
+        assert not model.args.output_uses_embedding and model.sharing == "one FFN shared by all blocks"

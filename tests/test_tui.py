@@ -11,7 +11,7 @@ import pytest
 from textual.widgets import DataTable, Input, Static, TabbedContent
 
 from mlxsmall import events
-from mlxsmall.telemetry import UnavailableMeter
+from mlxsmall.measure import UnavailableMeter
 from mlxsmall.tui.app import DashboardApp
 from mlxsmall.tui.bench import BenchConfig
 from mlxsmall.tui.widgets import ChatLog, MemoryPowerPanel, ModelPanel, SpeedPanel

@@ -11,7 +11,8 @@ import pytest
 from mlxsmall.cli import main as cli_main
 from mlxsmall.errors import MlxsmallError
 from mlxsmall.events import Event
-from mlxsmall.telemetry import MemorySnapshot, NvmlMeter, UnavailableMeter
+from mlxsmall.measure import MemorySnapshot, UnavailableMeter
+from mlxsmall.measure.nvml import NvmlMeter
 from mlxsmall.tui import bench
 from mlxsmall.tui.metrics import DashboardMetrics
 from mlxsmall.tui.worker import Cancelled, MLXWorker

@@ -11,7 +11,7 @@ import pytest
 
 pytest.importorskip("pytest_textual_snapshot")
 
-from mlxsmall.telemetry import MemorySnapshot, UnavailableMeter  # noqa: E402
+from mlxsmall.measure import MemorySnapshot, UnavailableMeter  # noqa: E402
 from mlxsmall.tui.app import DashboardApp  # noqa: E402
 from mlxsmall.tui.bench import BenchConfig, BenchReport, BenchRow, Stat  # noqa: E402
 from mlxsmall.tui.metrics import RequestResult  # noqa: E402

@@ -21,7 +21,7 @@ from textual.message import Message
 from textual.widgets import Footer, Input, TabbedContent, TabPane
 
 from mlxsmall import events
-from mlxsmall.telemetry import (
+from mlxsmall.measure import (
     EnergyWindow,
     PowerMeter,
     PowerSampler,
@@ -146,7 +146,7 @@ class DashboardApp(App):
     def on_mount(self) -> None:
         self.theme = self.initial_theme
         if self.meter is None:
-            from mlxsmall.telemetry import open_power_meter
+            from mlxsmall.measure import open_power_meter
 
             self.meter = open_power_meter()
             self.query_one(MemoryPowerPanel).meter = self.meter

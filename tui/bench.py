@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence, Tuple
 
-from mlxsmall.telemetry import EnergyWindow, PowerMeter, UnavailableMeter
+from mlxsmall.measure import EnergyWindow, PowerMeter, UnavailableMeter
 
 
 @dataclass(frozen=True)

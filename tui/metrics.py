@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import List, Optional
 
 from mlxsmall.events import Event
-from mlxsmall.telemetry import MemorySnapshot
+from mlxsmall.measure import MemorySnapshot
 
 HISTORY = 120  # points kept for sparklines
 

@@ -8,7 +8,7 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widgets import DataTable, Label, Sparkline, Static
 
-from mlxsmall.telemetry import PowerMeter
+from mlxsmall.measure import PowerMeter
 
 from .bench import COLUMNS, BenchReport, row_cells
 from .metrics import DashboardMetrics

@@ -50,7 +50,8 @@ def register(subparsers):
 
 def run(args):
     from mlxsmall.errors import MlxsmallError
-    from mlxsmall.eval.bench import BenchOptions, bench_variants, open_meter, options_dict
+    from mlxsmall.eval.bench import BenchOptions, bench_variants, options_dict
+    from mlxsmall.measure import open_power_meter
     from mlxsmall.eval.report import bench_markdown, plot_bench, write_atomic, write_json
     from mlxsmall.eval.variants import parse_variant
 
@@ -60,7 +61,7 @@ def run(args):
     variants = [parse_variant(spec, base) for spec in args.precisions]
     options = BenchOptions(prompt_tokens=args.prompt_tokens, generation_tokens=args.generation_tokens,
                            repetitions=args.repetitions, warmup=args.warmup, baseline=args.baseline, seed=args.seed)
-    meter = open_meter()
+    meter = open_power_meter()
 
     from rich.console import Console
 

@@ -98,8 +98,7 @@ def use_grad_checkpointing(model):
     it is called with (MobiLlama) as a checkpoint input, so that FFN's adapter
     gets its gradient, and it changes only this model's blocks (a subclass).
     """
-    args = getattr(model, "args", None)
-    if getattr(args, "layer_sharing", False) and getattr(args, "layer_sharing_kv", "") == "shared":
+    if getattr(getattr(model, "args", None), "shared_kv", False):
         raise MlxsmallError("--grad-checkpoint does not support layer-shared MobileLLM with shared "
                             "keys/values (the second application reads the first one's)")
     block_type = type(model.layers[0])

@@ -7,26 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from mlxsmall import telemetry
-from mlxsmall.telemetry import (
-    EnergyWindow,
-    IOReportMeter,
-    NvmlMeter,
-    PowermetricsMeter,
-    RaplMeter,
-    UnavailableMeter,
-    energy_window,
-    find_rapl_zones,
-    format_optional,
-    memory_snapshot,
-    nvml_joules_since,
-    open_power_meter,
-    parse_ioreport_energy,
-    parse_powermetrics_sample,
-    parse_powermetrics_stream,
-    parse_proc_status_rss,
-    rapl_delta_uj,
-)
+from mlxsmall.measure import EnergyReading, EnergyWindow, UnavailableMeter, memory_snapshot, open_power_meter
+from mlxsmall.measure.ioreport import IOReportMeter, parse_ioreport_energy
+from mlxsmall.measure.memory import parse_proc_status_rss
+from mlxsmall.measure.nvml import NvmlMeter, nvml_joules_since
+from mlxsmall.measure.powermetrics import PowermetricsMeter, parse_powermetrics_sample, parse_powermetrics_stream
+from mlxsmall.measure.rapl import RaplMeter, find_rapl_zones, rapl_delta_uj
 
 SAMPLES = Path(__file__).parent / "samples"
 
@@ -137,7 +123,7 @@ def test_nvml_recorded_readings():
     meter = NvmlMeter(FakeNvml(sample["readings_mj"]))
     assert meter.available and meter.name == "NVML (2 GPUs)"
     assert meter.read_joules() == pytest.approx(900.0)
-    window = energy_window(0.0, meter.read_joules(), 0.0, sample["seconds"], tokens=300)
+    window = _window(0.0, meter.read_joules(), 0.0, sample["seconds"], tokens=300)
     assert window.watts == pytest.approx(450.0)
     assert window.joules_per_token == pytest.approx(3.0)
 
@@ -212,13 +198,13 @@ def test_open_power_meter_on_this_machine_is_honest():
 
 
 def test_energy_window_arithmetic_and_na():
-    window = energy_window(10.0, 25.0, 100.0, 103.0, tokens=60)
+    window = _window(10.0, 25.0, 100.0, 103.0, tokens=60)
     assert window.joules == pytest.approx(15.0)
     assert window.watts == pytest.approx(5.0)
     assert window.joules_per_token == pytest.approx(0.25)
-    unavailable = energy_window(None, None, 0.0, 1.0, tokens=60)
+    unavailable = _window(None, None, 0.0, 1.0, tokens=60)
     assert unavailable.joules is None and unavailable.watts is None and unavailable.joules_per_token is None
-    no_tokens = energy_window(1.0, 2.0, 0.0, 1.0, tokens=0)
+    no_tokens = _window(1.0, 2.0, 0.0, 1.0, tokens=0)
     assert no_tokens.joules_per_token is None
 
 
@@ -232,7 +218,5 @@ def test_energy_window_with_a_meter():
     assert na.joules_per_token is None
 
 
-def test_format_optional():
-    assert format_optional(12.345, "W") == "12.35 W"
-    assert format_optional(None, "W", reason="no RAPL") == "n/a (no RAPL)"
-    assert format_optional(None) == "n/a"
+def _window(joules_start, joules_end, time_start, time_end, tokens=0):
+    return EnergyWindow(EnergyReading(joules_start, time_start), EnergyReading(joules_end, time_end), tokens)
