@@ -35,7 +35,7 @@ from mlx_lm.server import APIHandler, CompletionRequest, GenerationContext, Resp
 from . import events
 from .chat import plain_transcript
 from .generation import stream_generate
-from .telemetry import memory_snapshot
+from .measure import memory_snapshot
 
 EVENTS_PATH = "/v1/mlxsmall/events"
 EVENT_KINDS = ("generation", "telemetry", "serve")

@@ -10,7 +10,7 @@ sys.path.insert(0, str(Path(__file__).parent))  # tests/ helper modules (pytest 
 from serve_helpers import MODEL_ID, TIMEOUT, save_tiny_mobillama, start_server
 from textual.widgets import Input
 
-from mlxsmall.telemetry import UnavailableMeter
+from mlxsmall.measure import UnavailableMeter
 from mlxsmall.tui.app import DashboardApp
 from mlxsmall.tui.widgets import ChatLog, ModelPanel, SpeedPanel
 
@@ -118,7 +118,7 @@ def test_unreachable_server_is_reported():
 def test_feed_events_round_trip_and_token_steps_merge():
     from mlxsmall.events import Event
     from mlxsmall.serve import merge_token_events, to_json
-    from mlxsmall.telemetry import MemorySnapshot
+    from mlxsmall.measure import MemorySnapshot
     from mlxsmall.tui.attach import base_url, decode_event
 
     memory = MemorySnapshot(active_gb=0.1, peak_gb=0.2, cache_gb=0.0, rss_gb=0.5)

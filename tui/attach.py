@@ -14,7 +14,7 @@ import urllib.request
 from typing import Callable, Optional
 
 from mlxsmall.events import Event
-from mlxsmall.telemetry import MemorySnapshot
+from mlxsmall.measure import MemorySnapshot
 
 EVENTS_PATH = "/v1/mlxsmall/events"
 
