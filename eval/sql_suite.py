@@ -556,13 +556,13 @@ def _normalise(value):
     return value
 
 
-def run_query(connection: sqlite3.Connection, query: str) -> Optional[List[tuple]]:
+def run_query(database: "Database", query: str) -> Optional[List[tuple]]:
     """The rows of ``query``, or None when it does not run (or runs away)."""
     query = query.strip().rstrip(";").strip()
     if not query:
         return None
     try:
-        return [tuple(_normalise(v) for v in row) for row in connection.execute(query).fetchall()]
+        return [tuple(_normalise(v) for v in row) for row in database.execute(query).fetchall()]
     except (sqlite3.Error, sqlite3.Warning, ValueError, OverflowError, MemoryError):
         return None
 
@@ -615,36 +615,31 @@ def informative(rows: List[tuple]) -> bool:
     return any(v is not None and v != 0 for row in rows for v in row)
 
 
-class _Guarded:
-    """A connection whose step counter is reset before every query."""
+class Database:
+    """One generated sqlite database: read-only, and every query is interrupted after
+    MAX_STEPS virtual-machine steps (a runaway recursive CTE in a prediction)."""
 
-    def __init__(self, connection: sqlite3.Connection, steps: dict):
-        self.connection, self.steps = connection, steps
+    def __init__(self, schema: Schema, data: Dict[str, List[tuple]]):
+        self.connection = sqlite3.connect(":memory:", check_same_thread=False)
+        for statement in schema.statements:
+            self.connection.execute(statement)
+        for table, rows in data.items():
+            if rows:
+                name = _quote(schema.tables[table][0].table, '"')
+                marks = ", ".join("?" for _ in rows[0])
+                self.connection.executemany(f"INSERT INTO {name} VALUES ({marks})", rows)
+        self.connection.commit()
+        self.connection.execute("PRAGMA query_only = ON")  # a prediction may not change the data
+        self.steps = 0
+        self.connection.set_progress_handler(self._guard, 1000)
+
+    def _guard(self) -> bool:
+        self.steps += 1000
+        return self.steps > MAX_STEPS
 
     def execute(self, query: str):
-        self.steps["n"] = 0
+        self.steps = 0
         return self.connection.execute(query)
-
-
-def _guarded(schema: Schema, data: Dict[str, List[tuple]]) -> "_Guarded":
-    connection = sqlite3.connect(":memory:", check_same_thread=False)
-    for statement in schema.statements:
-        connection.execute(statement)
-    for table, rows in data.items():
-        if rows:
-            name = _quote(schema.tables[table][0].table, '"')
-            marks = ", ".join("?" for _ in rows[0])
-            connection.executemany(f"INSERT INTO {name} VALUES ({marks})", rows)
-    connection.commit()
-    connection.execute("PRAGMA query_only = ON")  # a prediction may not change the data
-    steps = {"n": 0}
-
-    def guard():
-        steps["n"] += 1
-        return steps["n"] > MAX_STEPS // 1000
-
-    connection.set_progress_handler(guard, 1000)
-    return _Guarded(connection, steps)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -655,7 +650,7 @@ def _guarded(schema: Schema, data: Dict[str, List[tuple]]) -> "_Guarded":
 class TestSuite:
     gold: str
     ordered: bool
-    databases: List[_Guarded]
+    databases: List[Database]
     gold_results: List[List[tuple]]
     survivors: List[str]  # mutants no database told apart (often equivalent to the gold)
 
@@ -681,12 +676,12 @@ def build_suite(create_context: str, gold: str, *, seed: int = 0, candidates: in
     alive = mutants(reading, schema)
     ordered = has_order_by(gold)
     rng = random.Random(zlib.crc32(f"{seed}\x00{create_context}\x00{gold}".encode("utf-8")))
-    kept: List[Tuple[_Guarded, List[tuple]]] = []
-    spare: List[Tuple[_Guarded, List[tuple]]] = []
+    kept: List[Tuple[Database, List[tuple]]] = []
+    spare: List[Tuple[Database, List[tuple]]] = []
     found_informative = False
     for attempt in range(candidates):
         size = (2, 4, 6)[attempt % 3]
-        database = _guarded(schema, generate_rows(schema, pools, rng, size))
+        database = Database(schema, generate_rows(schema, pools, rng, size))
         try:
             result = database.execute(gold).fetchall()
         except (sqlite3.Error, sqlite3.Warning, ValueError, OverflowError) as error:

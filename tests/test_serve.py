@@ -106,11 +106,16 @@ def test_two_concurrent_clients_get_their_own_answers(server):
     assert together == alone  # queued, never interleaved into one cache
 
 
-def read_events(url, until, timeout=TIMEOUT):
-    """Events from the server's feed until ``until(event)`` is true."""
+def read_events(url, until, timeout=TIMEOUT, subscribed=None):
+    """Events from the server's feed until ``until(event)`` is true (or ``timeout`` seconds)."""
     seen = []
+    deadline = time.monotonic() + timeout
     with urllib.request.urlopen(url + "/v1/mlxsmall/events", timeout=timeout) as feed:
         for raw in feed:
+            if subscribed is not None:
+                subscribed.set()  # the server sends a "hello" as soon as the feed is open
+            if time.monotonic() > deadline:
+                return seen
             line = raw.decode().strip()
             if not line.startswith("data: "):
                 continue
@@ -122,11 +127,12 @@ def read_events(url, until, timeout=TIMEOUT):
 
 
 def test_disconnect_mid_stream_frees_the_worker(client, server):
-    done = []
+    done, subscribed = [], threading.Event()
     watcher = threading.Thread(target=lambda: done.extend(read_events(
-        server["url"], lambda e: e["kind"] == "serve" and e["fields"].get("phase") == "done")))
+        server["url"], lambda e: e["kind"] == "serve" and e["fields"].get("phase") == "done",
+        subscribed=subscribed)))
     watcher.start()
-    time.sleep(1.0)  # let the watcher subscribe
+    assert subscribed.wait(TIMEOUT)
     stream = client.completions.create(model=MODEL_ID, prompt="Hello", max_tokens=480, temperature=0,
                                        stream=True)
     for i, _ in enumerate(stream):
