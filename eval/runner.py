@@ -25,7 +25,7 @@ class EvalOptions:
     limit: Optional[int] = None  # documents per task (perplexity: windows)
     shots: int = 0
     batch_size: int = 8
-    data: str = "sample"  # "sample" (shipped, offline) or "hub"
+    data: str = "sample"  # "sample" (shipped, offline), "hub", or a path (eval/data_files.py)
     chat: str = "auto"  # generation prompts through the chat template: "auto", "on", "off"
     max_tokens: Optional[int] = None  # overrides each generation task's default
     seed: int = 0

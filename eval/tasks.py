@@ -7,7 +7,6 @@ for this project, the default, runs offline). The registry is open:
 ``register_task(task)`` adds one (the vision work registers its VQA task there).
 """
 
-import json
 import random
 import re
 from dataclasses import dataclass
@@ -16,7 +15,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from mlxsmall.errors import MlxsmallError
 
-from . import metrics
+from . import data_files, metrics
 
 DATA_DIR = Path(__file__).parent / "data"
 
@@ -42,15 +41,7 @@ class Task:
     group: str = ""
 
     def sample_docs(self) -> List[dict]:
-        path = DATA_DIR / self.sample_file
-        docs = []
-        with open(path, encoding="utf-8") as handle:
-            for number, line in enumerate(handle, 1):
-                if line.strip():
-                    try:
-                        docs.append(json.loads(line))
-                    except json.JSONDecodeError as error:
-                        raise MlxsmallError(f"{path}:{number}: not JSON ({error.msg})") from None
+        docs = data_files.read_jsonl(DATA_DIR / self.sample_file, self.name)  # checked against data_files.FIELDS
         return [doc for doc in docs if self.keep(doc)]
 
 
@@ -166,15 +157,21 @@ EVALUATOR_KINDS = ("multiple_choice", "generation", "perplexity", "safety")
 
 
 def load_docs(task: Task, *, data: str = "sample", limit: Optional[int] = None) -> List[dict]:
-    if data == "sample":
-        docs = task.sample_docs()
-    elif data == "hub":
+    """``data``: "sample" (the shipped set), "hub", or a path (``--data PATH``, see eval/data_files.py)."""
+    if data == "hub":
         docs = hub_docs(task, task.hub.split if task.hub else "", limit)
     else:
-        raise MlxsmallError(f"--data must be 'sample' or 'hub', got {data!r}")
+        docs = local_docs(task, data)
     if task.kind == "safety":
         docs = interleave_labels(docs)  # a --limit keeps harmful and benign prompts balanced
     return docs[:limit] if limit else docs
+
+
+def local_docs(task: Task, data: str = "sample") -> List[dict]:
+    """The shipped sample set, or the task's documents under ``--data PATH``."""
+    if data == "sample" or Path(task.sample_file).is_absolute():  # a --text-file task reads its own file
+        return task.sample_docs()
+    return [doc for doc in data_files.read_docs(task, data) if task.keep(doc)]
 
 
 def interleave_labels(docs: List[dict]) -> List[dict]:
@@ -231,8 +228,8 @@ def fewshot_docs(task: Task, doc_index: int, docs: List[dict], shots: int, *, da
             cache[task.name] = hub_docs(task, task.hub.fewshot_split, max(64, shots))
         pool = cache[task.name]
     else:
-        # Sample sets have no separate split: any other document of the set, never this one.
-        pool = [d for d in task.sample_docs() if d != docs[doc_index]]
+        # Local sets have no separate split: any other document of the set, never this one.
+        pool = [d for d in local_docs(task, "sample" if data == "hub" else data) if d != docs[doc_index]]
     rng = random.Random(seed * 100003 + doc_index)
     return rng.sample(pool, min(shots, len(pool)))
 
