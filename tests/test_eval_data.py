@@ -124,7 +124,8 @@ def test_the_shipped_directory_as_data_is_the_sample_set():
         assert load_docs(task, data=str(DATA_DIR)) == load_docs(task, data="sample"), task.name
 
 
-def test_cli_runs_your_directory_and_fails_on_a_bad_line(make_tiny_model, tmp_path):
+@pytest.mark.slow
+def test_cli_runs_your_directory(make_tiny_model, tmp_path):
     model = make_tiny_model("llama")
     mine = tmp_path / "mine"
     mine.mkdir()
@@ -136,8 +137,13 @@ def test_cli_runs_your_directory_and_fails_on_a_bad_line(make_tiny_model, tmp_pa
     record = json.loads((tmp_path / "out.json").read_text())
     assert record["options"]["data"] == "mine"
 
+
+def test_cli_fails_on_a_bad_line_before_loading_a_model(tmp_path):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    write_jsonl(mine / "arc_easy.jsonl", [ARC_ROW])
     write_jsonl(mine / "boolq.jsonl", [{"passage": "Water is wet.", "question": "is water wet"}])
-    result = run_cli(tmp_path, str(model), "--tasks", "arc_easy,boolq", "--data", "mine")
+    result = run_cli(tmp_path, str(tmp_path / "no-model-here"), "--tasks", "arc_easy,boolq", "--data", "mine")
     assert result.returncode == 2
     assert result.stderr == ("mlxsmall: error: mine/boolq.jsonl:1: field 'answer' is missing "
                              "(boolq needs passage, question, answer)\n")

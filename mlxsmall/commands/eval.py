@@ -55,7 +55,9 @@ def register(subparsers):
     parser.add_argument("--limit", type=int, default=None,
                         help="at most N documents per task (perplexity: N windows)")
     parser.add_argument("--shots", type=int, default=0, help="few-shot examples per prompt (default 0)")
-    parser.add_argument("--batch-size", type=int, default=8, help="sequences per forward pass for log-likelihoods")
+    parser.add_argument("--batch-size", type=int, default=8,
+                        help="rows per forward pass for log-likelihoods (multiple choice: the choices of a few "
+                        "documents, their shared contexts computed once)")
     parser.add_argument("--data", default="sample", metavar="sample|hub|PATH",
                         help="sample: the shipped sample sets (offline); hub: the full datasets via `datasets`; "
                         "PATH: your own JSONL file or directory of <task>.jsonl files (fields below)")
