@@ -90,21 +90,6 @@ def sql_exact_match(prediction: str, reference: str) -> float:
 # Log-likelihood scoring (multiple choice, perplexity)
 
 
-def continuation_tokens(tokenizer, context: str, continuation: str) -> Tuple[List[int], List[int]]:
-    """Token ids of ``context`` and of ``continuation`` as they appear in the joint text.
-
-    Encoding the joint string keeps word-boundary tokens (" Paris") the way the model saw
-    them in training; when the context's tokens are not a prefix of the joint tokens, fall
-    back to encoding the continuation on its own.
-    """
-    whole = tokenizer.encode(context + continuation)
-    head = tokenizer.encode(context)
-    if len(head) < len(whole) and whole[: len(head)] == head:
-        return head, whole[len(head):]
-    tail = tokenizer.encode(continuation, add_special_tokens=False)
-    return head, tail
-
-
 def loglikelihoods(
     model,
     requests: Sequence[Tuple[List[int], List[int]]],
@@ -148,10 +133,11 @@ def loglikelihoods(
 
 
 def choose(logprob_sums: Sequence[float], lengths: Sequence[int]) -> Tuple[int, int]:
-    """Index of the best choice by summed log-likelihood and by length-normalised
-    log-likelihood (per byte/char of the continuation, as lm-eval's ``acc_norm``)."""
+    """Index of the best choice by summed log-likelihood (lm-eval's ``acc``) and by
+    log-likelihood divided by ``lengths`` (``acc_norm``: pass ``len(choice)`` of each choice
+    string, without the target delimiter). Ties go to the first choice, as ``np.argmax``."""
     raw = max(range(len(logprob_sums)), key=lambda i: logprob_sums[i])
-    normalised = max(range(len(logprob_sums)), key=lambda i: logprob_sums[i] / max(lengths[i], 1))
+    normalised = max(range(len(logprob_sums)), key=lambda i: logprob_sums[i] / lengths[i] if lengths[i] else -math.inf)
     return raw, normalised
 
 

@@ -15,6 +15,7 @@ from mlxsmall import events
 from mlxsmall.errors import MlxsmallError
 
 from . import metrics
+from .loglikelihood import encode_pair, score_documents
 from .protocols import PROTOCOLS, with_protocols
 from .tasks import (GenerationTask, MultipleChoiceTask, PerplexityTask, SafetyTask, SkipItem, Task, fewshot_docs, is_refusal,
                     load_docs)
@@ -27,7 +28,7 @@ class EvalOptions:
     limit: Optional[int] = None  # documents per task (perplexity: windows)
     shots: int = 0
     batch_size: int = 8
-    data: str = "sample"  # "sample" (shipped, offline) or "hub"
+    data: str = "sample"  # "sample" (shipped, offline), "hub", or a path (eval/data_files.py)
     chat: str = "auto"  # generation prompts through the chat template: "auto", "on", "off"
     max_tokens: Optional[int] = None  # overrides each generation task's default
     seed: int = 0
@@ -104,7 +105,7 @@ def shots_for(task: Task, options: EvalOptions) -> int:
 def units(task: Task, docs: List[dict], options: EvalOptions) -> int:
     """How many progress steps a task takes (choices for multiple choice, documents otherwise)."""
     if isinstance(task, MultipleChoiceTask):
-        return sum(len(task.to_choices(doc)[0]) for doc in docs)
+        return sum(len(task.to_choices(doc).choices) for doc in docs)
     if isinstance(task, PerplexityTask):
         return 1  # advanced once per batch of windows; total is refined when tokenized
     return len(docs)
@@ -114,43 +115,32 @@ def units(task: Task, docs: List[dict], options: EvalOptions) -> int:
 # Multiple choice
 
 
-def _context_ids(tokenizer, ids: List[int]) -> List[int]:
-    if ids:
-        return ids
-    start = getattr(tokenizer, "bos_token_id", None)
-    if start is None:
-        start = getattr(tokenizer, "eos_token_id", None)
-    return [start if start is not None else 0]
-
-
 @register_evaluator("multiple_choice")
 def evaluate_multiple_choice(model, tokenizer, task: MultipleChoiceTask, docs, options: EvalOptions, report):
-    requests, spans, golds = [], [], []
+    """lm-eval's ``acc`` (argmax of the summed log-likelihoods) and ``acc_norm`` (argmax of
+    each log-likelihood divided by ``len(choice)``, the choice string in characters)."""
+    documents, choice_docs = [], []
     for index, doc in enumerate(docs):
-        pairs, gold = task.to_choices(doc)
-        prefix = ""
-        for shot in fewshot_docs(task, index, docs, options.shots, data=options.data, seed=options.seed):
-            shot_pairs, shot_gold = task.to_choices(shot)
-            prefix += "".join(shot_pairs[shot_gold]) + "\n\n"
-        spans.append((len(requests), len(pairs), [len(c) for _, c in pairs]))
-        golds.append(gold)
-        for context, continuation in pairs:
-            head, tail = metrics.continuation_tokens(tokenizer, prefix + context, continuation)
-            requests.append((_context_ids(tokenizer, head), tail))
-    scored = metrics.loglikelihoods(
-        model, requests, batch_size=options.batch_size, pad_id=_pad_id(tokenizer), on_batch=report
-    )
+        choice_doc = task.to_choices(doc)
+        prefix = "".join(task.to_choices(shot).fewshot_text() + "\n\n"
+                         for shot in fewshot_docs(task, index, docs, options.shots, data=options.data,
+                                                  seed=options.seed))
+        documents.append([encode_pair(tokenizer, prefix + context, continuation)
+                          for context, continuation in choice_doc.requests()])
+        choice_docs.append(choice_doc)
+    scored = score_documents(model, documents, batch_size=options.batch_size, pad_id=_pad_id(tokenizer),
+                             on_document=report)
     correct = correct_norm = 0
     examples = []
-    for doc, gold, (start, count, char_lengths) in zip(docs, golds, spans):
-        sums = [scored[start + i][0] for i in range(count)]
-        raw, normalised = metrics.choose(sums, char_lengths)
-        correct += raw == gold
-        correct_norm += normalised == gold
+    for choice_doc, scores in zip(choice_docs, scored):
+        sums = [total for total, _, _ in scores]
+        raw, normalised = metrics.choose(sums, [len(choice) for choice in choice_doc.choices])
+        correct += raw == choice_doc.gold
+        correct_norm += normalised == choice_doc.gold
         if len(examples) < options.examples:
-            pairs, _ = task.to_choices(doc)
-            examples.append({"context": pairs[gold][0][-200:], "gold": pairs[gold][1].strip(),
-                             "predicted": pairs[raw][1].strip(), "logprobs": [round(s, 3) for s in sums]})
+            examples.append({"context": choice_doc.requests()[choice_doc.gold][0][-200:],
+                             "gold": choice_doc.choices[choice_doc.gold], "predicted": choice_doc.choices[raw],
+                             "logprobs": [round(s, 3) for s in sums]})
     n = len(docs)
     return {"acc": correct / n, "acc_norm": correct_norm / n}, examples, n
 

@@ -7,7 +7,6 @@ for this project, the default, runs offline). The registry is open:
 ``register_task(task)`` adds one (the vision work registers its VQA task there).
 """
 
-import json
 import random
 import re
 from dataclasses import dataclass
@@ -16,7 +15,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from mlxsmall.errors import MlxsmallError
 
-from . import metrics, sql_suite
+from . import data_files, metrics, sql_suite
 from .answers import extract_answer, extract_sql, extract_summary
 
 DATA_DIR = Path(__file__).parent / "data"
@@ -43,24 +42,44 @@ class Task:
     group: str = ""
 
     def sample_docs(self) -> List[dict]:
-        path = DATA_DIR / self.sample_file
-        docs = []
-        with open(path, encoding="utf-8") as handle:
-            for number, line in enumerate(handle, 1):
-                if line.strip():
-                    try:
-                        docs.append(json.loads(line))
-                    except json.JSONDecodeError as error:
-                        raise MlxsmallError(f"{path}:{number}: not JSON ({error.msg})") from None
+        docs = data_files.read_jsonl(DATA_DIR / self.sample_file, self.name)  # checked against data_files.FIELDS
         return [doc for doc in docs if self.keep(doc)]
+
+
+@dataclass(frozen=True)
+class ChoiceDoc:
+    """One document as lm-evaluation-harness's ``output_type: multiple_choice`` sees it.
+
+    ``context`` is the task's ``doc_to_text``, ``choices`` its ``doc_to_choice`` strings and
+    ``gold`` its ``doc_to_target`` index. Each choice is scored as the continuation
+    ``target_delimiter + choice`` of the context. With ``suffix`` (partial scoring, WinoGrande;
+    lm-eval's "multiple inputs") the choices are contexts instead, each continued by the
+    shared ``target_delimiter + suffix``. ``acc_norm`` divides by ``len(choice)`` either way.
+    """
+
+    context: str
+    choices: List[str]
+    gold: int
+    suffix: Optional[str] = None
+    target_delimiter: str = " "
+
+    def requests(self) -> List[Tuple[str, str]]:
+        """``(context, continuation)`` per choice: lm-eval's ``construct_requests``."""
+        if self.suffix is not None:
+            return [(choice, self.target_delimiter + self.suffix) for choice in self.choices]
+        return [(self.context, self.target_delimiter + choice) for choice in self.choices]
+
+    def fewshot_text(self) -> str:
+        """The document answered, as a few-shot example (before the ``"\\n\\n"`` delimiter)."""
+        return "".join(self.requests()[self.gold])
 
 
 @dataclass
 class MultipleChoiceTask(Task):
-    """Each document becomes ``(context, continuation)`` pairs, one per choice, and the
-    gold index; the choice with the highest log-likelihood wins."""
+    """``to_choices(doc) -> ChoiceDoc``; the choice with the highest log-likelihood wins
+    (``acc``), or the highest log-likelihood per character of the choice (``acc_norm``)."""
 
-    to_choices: Callable[[dict], Tuple[List[Tuple[str, str]], int]] = None
+    to_choices: Callable[[dict], ChoiceDoc] = None
     kind: str = "multiple_choice"
 
 
@@ -148,15 +167,21 @@ EVALUATOR_KINDS = ("multiple_choice", "generation", "perplexity", "safety")
 
 
 def load_docs(task: Task, *, data: str = "sample", limit: Optional[int] = None) -> List[dict]:
-    if data == "sample":
-        docs = task.sample_docs()
-    elif data == "hub":
+    """``data``: "sample" (the shipped set), "hub", or a path (``--data PATH``, see eval/data_files.py)."""
+    if data == "hub":
         docs = hub_docs(task, task.hub.split if task.hub else "", limit)
     else:
-        raise MlxsmallError(f"--data must be 'sample' or 'hub', got {data!r}")
+        docs = local_docs(task, data)
     if task.kind == "safety":
         docs = interleave_labels(docs)  # a --limit keeps harmful and benign prompts balanced
     return docs[:limit] if limit else docs
+
+
+def local_docs(task: Task, data: str = "sample") -> List[dict]:
+    """The shipped sample set, or the task's documents under ``--data PATH``."""
+    if data == "sample" or Path(task.sample_file).is_absolute():  # a --text-file task reads its own file
+        return task.sample_docs()
+    return [doc for doc in data_files.read_docs(task, data) if task.keep(doc)]
 
 
 def interleave_labels(docs: List[dict]) -> List[dict]:
@@ -213,74 +238,66 @@ def fewshot_docs(task: Task, doc_index: int, docs: List[dict], shots: int, *, da
             cache[task.name] = hub_docs(task, task.hub.fewshot_split, max(64, shots))
         pool = cache[task.name]
     else:
-        # Sample sets have no separate split: any other document of the set, never this one.
-        pool = [d for d in task.sample_docs() if d != docs[doc_index]]
+        # Local sets have no separate split: any other document of the set, never this one.
+        pool = [d for d in local_docs(task, "sample" if data == "hub" else data) if d != docs[doc_index]]
     rng = random.Random(seed * 100003 + doc_index)
     return rng.sample(pool, min(shots, len(pool)))
 
 
 # ---------------------------------------------------------------------------------------------
-# Multiple choice (lm-evaluation-harness prompt conventions)
+# Multiple choice: lm-evaluation-harness's task templates (lm_eval/tasks/<task>/*.yaml), verbatim
 
 
-def _lettered(doc: dict) -> Tuple[List[str], int]:
-    labels = list(doc["choices"]["label"])
-    return list(doc["choices"]["text"]), labels.index(doc["answerKey"])
+def arc_choices(doc):  # arc/arc_easy.yaml (arc_challenge.yaml includes it)
+    return ChoiceDoc(f"Question: {doc['question']}\nAnswer:", list(doc["choices"]["text"]),
+                     list(doc["choices"]["label"]).index(doc["answerKey"]))
 
 
-def arc_choices(doc):
-    texts, gold = _lettered(doc)
-    context = f"Question: {doc['question']}\nAnswer:"
-    return [(context, f" {text}") for text in texts], gold
+def openbookqa_choices(doc):  # openbookqa/openbookqa.yaml
+    return ChoiceDoc(doc["question_stem"], list(doc["choices"]["text"]),
+                     list(doc["choices"]["label"]).index(doc["answerKey"].lstrip()))
 
 
-def openbookqa_choices(doc):
-    texts, gold = _lettered(doc)
-    return [(doc["question_stem"], f" {text}") for text in texts], gold
+def boolq_choices(doc):  # super_glue/boolq/default.yaml (its `label` is google/boolq's `answer`)
+    return ChoiceDoc(f"{doc['passage']}\nQuestion: {doc['question']}?\nAnswer:", ["no", "yes"],
+                     int(bool(doc["answer"])))
 
 
-def boolq_choices(doc):
-    context = f"{doc['passage']}\nQuestion: {doc['question']}?\nAnswer:"
-    return [(context, " no"), (context, " yes")], int(bool(doc["answer"]))
+def piqa_choices(doc):  # piqa/piqa.yaml
+    return ChoiceDoc(f"Question: {doc['goal']}\nAnswer:", [doc["sol1"], doc["sol2"]], int(doc["label"]))
 
 
-def piqa_choices(doc):
-    context = f"Question: {doc['goal']}\nAnswer:"
-    return [(context, f" {doc['sol1']}"), (context, f" {doc['sol2']}")], int(doc["label"])
+def siqa_choices(doc):  # siqa/siqa.yaml
+    return ChoiceDoc(f"Q: {doc['context']} {doc['question']}\nA:", [doc["answerA"], doc["answerB"], doc["answerC"]],
+                     int(doc["label"]) - 1)
 
 
-def siqa_choices(doc):
-    context = f"Question: {doc['context']} {doc['question']}\nAnswer:"
-    answers = [doc["answerA"], doc["answerB"], doc["answerC"]]
-    return [(context, f" {a}") for a in answers], int(doc["label"]) - 1
-
-
-def _hellaswag_clean(text: str) -> str:
-    text = text.strip().replace(" [title]", ". ")
-    text = re.sub(r"\[.*?\]", "", text)
+def hellaswag_preprocess(text: str) -> str:  # hellaswag/utils.py `preprocess`
+    text = text.strip()
+    text = text.replace(" [title]", ". ")  # brackets are artifacts of the WikiHow part of HellaSwag
+    text = re.sub("\\[.*?\\]", "", text)
     return text.replace("  ", " ")
 
 
-def hellaswag_choices(doc):
+def hellaswag_choices(doc):  # hellaswag/hellaswag.yaml with utils.process_docs
     ctx = doc["ctx_a"] + " " + doc["ctx_b"].capitalize()
-    context = _hellaswag_clean(doc["activity_label"] + ": " + ctx)
-    return [(context, " " + _hellaswag_clean(e)) for e in doc["endings"]], int(doc["label"])
+    return ChoiceDoc(hellaswag_preprocess(doc["activity_label"] + ": " + ctx),
+                     [hellaswag_preprocess(ending) for ending in doc["endings"]], int(doc["label"]))
 
 
-def winogrande_choices(doc):
-    # Partial scoring: the option goes into the context, the model scores the rest of the sentence.
+def winogrande_choices(doc):  # winogrande/default.yaml with preprocess_winogrande.py
+    # Partial scoring: each option fills the blank in its own context, every context is
+    # continued by the rest of the sentence, and only that rest is scored.
     cut = doc["sentence"].index("_")
-    continuation = " " + doc["sentence"][cut + 1 :].strip()
     contexts = [doc["sentence"][:cut] + doc[key] for key in ("option1", "option2")]
-    return [(c, continuation) for c in contexts], int(doc["answer"]) - 1
+    return ChoiceDoc("", contexts, {"1": 0, "2": 1}[str(doc["answer"])], suffix=doc["sentence"][cut + 1 :].strip())
 
 
 def mmlu_choices(doc):
     subject = doc.get("subject", "").replace("_", " ")
     lines = [f"The following are multiple choice questions (with answers) about {subject}.", "", doc["question"].strip()]
     lines += [f"{letter}. {choice}" for letter, choice in zip("ABCD", doc["choices"])]
-    context = "\n".join(lines) + "\nAnswer:"
-    return [(context, f" {letter}") for letter in "ABCD"[: len(doc["choices"])]], int(doc["answer"])
+    return ChoiceDoc("\n".join(lines) + "\nAnswer:", list("ABCD"[: len(doc["choices"])]), int(doc["answer"]))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -399,7 +416,7 @@ for task in [
                        hub=HubSource("baber/piqa", None, "validation", "train"), to_choices=piqa_choices,
                        group=COMMONSENSE),
     MultipleChoiceTask("siqa", description="Social IQa social commonsense", sample_file="siqa.jsonl",
-                       hub=HubSource("allenai/social_i_qa", None, "validation", "train"), to_choices=siqa_choices,
+                       hub=HubSource("lighteval/siqa", None, "validation", "train"), to_choices=siqa_choices,
                        group=COMMONSENSE),
     MultipleChoiceTask("hellaswag", description="HellaSwag sentence completion", sample_file="hellaswag.jsonl",
                        hub=HubSource("Rowan/hellaswag", None, "validation", "train"), to_choices=hellaswag_choices,

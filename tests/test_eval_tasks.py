@@ -21,8 +21,8 @@ def test_every_sample_set_loads_and_converts():
         if task.kind == "multiple_choice":
             assert len(docs) >= 10, name
             for doc in docs:
-                pairs, gold = task.to_choices(doc)
-                assert 0 <= gold < len(pairs) and all(c.startswith(" ") for _, c in pairs), (name, doc)
+                choice_doc = task.to_choices(doc)
+                assert 0 <= choice_doc.gold < len(choice_doc.choices), (name, doc)
         elif task.kind == "generation":
             assert len(docs) >= 8, name
             for doc in docs:

@@ -14,8 +14,10 @@ tasks (groups in brackets):
   [code] sql   [perplexity] wikitext   [safety] safety        all = every task
 
 Every task ships a small sample set written for mlxsmall (--data sample, the default,
-offline); --data hub downloads the real dataset with the `datasets` package.
-Multiple choice is scored by log-likelihood (acc: summed, acc_norm: per character).
+offline); --data hub downloads the real dataset with the `datasets` package; --data PATH
+reads your own (see "your own data" below).
+Multiple choice is scored by log-likelihood exactly as lm-evaluation-harness does (its
+prompts; acc: summed, acc_norm: divided by the length of the choice in characters).
 Generation tasks (--protocol): default = our prompts, test-suite SQL execution accuracy,
 SQuAD EM/F1, ROUGE-1/2/L; mobileaibench = MobileAIBench's prompts, caps and metrics
 (SQL: Levenshtein ratio, clause F1; QA: EM, F1, BLEU; summaries: ROUGE-1/L); both = side by side.
@@ -25,15 +27,26 @@ examples:
   mlxsmall eval --tasks arc_easy,gsm8k,safety --compare fp16 q8 q4 -o results/smol.json --plot results/smol.png
   mlxsmall eval mobillama-q4 --tasks mmlu --shots 5 --data hub --limit 200
   mlxsmall eval ./my-model --tasks wikitext --text-file notes.txt
+  mlxsmall eval --tasks arc_easy --data my_questions.jsonl
+"""
+
+DATA_HELP = """
+your own data (--data PATH): a JSONL file with the documents of the one task you run, or
+a directory with one file per task, <task>.jsonl (perplexity: <task>.txt, plain text).
+One JSON object per line with the fields of the task's Hugging Face dataset, the format of
+the shipped sample sets (eval/data); other fields are ignored, FIELD? is optional:
+{fields}
 """
 
 
 def register(subparsers):
+    from mlxsmall.eval.data_files import describe
+
     parser = subparsers.add_parser(
         "eval", help="evaluate quality on benchmark tasks, across bit widths",
         description="Score a model (or several precisions of it side by side) on QA, summarization, "
         "text-to-SQL, multiple choice, GSM8K, perplexity and trust & safety tasks.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EPILOG + DATA_HELP.format(fields=describe()), formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("model", nargs="?", default=None,
                         help="model directory, alias or HF repo (default: the offline SmolLM2-135M-Instruct)")
@@ -45,9 +58,12 @@ def register(subparsers):
     parser.add_argument("--limit", type=int, default=None,
                         help="at most N documents per task (perplexity: N windows)")
     parser.add_argument("--shots", type=int, default=0, help="few-shot examples per prompt (default 0)")
-    parser.add_argument("--batch-size", type=int, default=8, help="sequences per forward pass for log-likelihoods")
-    parser.add_argument("--data", choices=["sample", "hub"], default="sample",
-                        help="sample: the shipped sample sets (offline); hub: the full datasets via `datasets`")
+    parser.add_argument("--batch-size", type=int, default=8,
+                        help="rows per forward pass for log-likelihoods (multiple choice: the choices of a few "
+                        "documents, their shared contexts computed once)")
+    parser.add_argument("--data", default="sample", metavar="sample|hub|PATH",
+                        help="sample: the shipped sample sets (offline); hub: the full datasets via `datasets`; "
+                        "PATH: your own JSONL file or directory of <task>.jsonl files (fields below)")
     parser.add_argument("--chat", choices=["auto", "on", "off"], default="auto",
                         help="generation prompts through the chat template (auto: when the tokenizer has one)")
     parser.add_argument("--max-tokens", type=int, default=None, help="override each generation task's budget")
@@ -70,6 +86,7 @@ def run(args):
     from mlxsmall.errors import MlxsmallError
     from mlxsmall.eval.report import eval_markdown, plot_quality_vs_bits, write_atomic, write_json
     from mlxsmall.eval.runner import EvalOptions, options_dict
+    from mlxsmall.eval.data_files import check_data
     from mlxsmall.eval.tasks import resolve_tasks, text_file_task
     from mlxsmall.eval.variants import parse_variant
 
@@ -87,6 +104,7 @@ def run(args):
         tasks.append(text_file_task(args.text_file))
     if not tasks:
         raise MlxsmallError("--tasks: nothing to evaluate")
+    check_data(args.data, tasks)  # a bad --data file fails here, before a model loads
 
     base = str(model_path(args))
     variants = [parse_variant(spec, base) for spec in (args.compare or [base])]
