@@ -132,7 +132,7 @@ def test_gguf_bad_input(tmp_path, tiny_tokenizer_dir):
     write_gguf(tmp_path / "tiny.gguf", tiny_tokenizer_dir)
     data = (tmp_path / "tiny.gguf").read_bytes()
     (tmp_path / "cut.gguf").write_bytes(data[: len(data) // 2])
-    with pytest.raises(MlxsmallError, match="cut.gguf: cannot read GGUF"):
+    with pytest.raises(MlxsmallError, match="cut.gguf: GGUF tensor .* past the end of the file"):
         convert_gguf(tmp_path / "cut.gguf", tmp_path / "out")
     (tmp_path / "junk.gguf").write_bytes(b"not a gguf file at all")
     with pytest.raises(MlxsmallError, match="junk.gguf: not a GGUF file"):
