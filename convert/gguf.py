@@ -27,6 +27,7 @@ from typing import Callable, Optional
 import mlx.core as mx
 import mlx.nn as nn
 
+from mlxsmall.atomic import work_directory
 from mlxsmall.errors import MlxsmallError
 
 GGUF_GROUP_SIZE = 32
@@ -193,13 +194,18 @@ def _check_gguf(cursor: _Cursor, size: int) -> dict:
         tensors[name] = (tuple(dims), type_name)
         spans.append((offset, offset + count // block * block_bytes, name))
     data_start = -(-cursor.pos // alignment) * alignment
+    # llama.cpp and the gguf package lay the tensors out back to back, each padded to the
+    # alignment: a changed type, dim or offset shows up as an overlap or a gap.
     end = 0
     for start, stop, name in sorted(spans):
-        if start < end:
-            raise cursor.fail(f"tensor {name} overlaps the tensor before it")
+        if start != -(-end // alignment) * alignment:
+            where = "overlaps the tensor before it" if start < end else "leaves a gap after the tensor before it"
+            raise cursor.fail(f"tensor {name} at offset {start} {where}")
         if data_start + stop > size:
             raise cursor.fail(f"tensor {name} ends at byte {data_start + stop}, past the end of the file ({size})")
         end = stop
+    if size - (data_start + end) >= alignment:
+        raise cursor.fail(f"{size - data_start - end} bytes follow the last tensor (a tensor's size or type is wrong)")
     return tensors
 
 
@@ -592,7 +598,7 @@ def convert_gguf(
                 config.pop("quantization"), config.pop("quantization_config", None)
             log(f"quantizing to {bits} bits (group {group_size})")
             config = quantize_model(model, config, bits=bits, group_size=group_size)
-    with tempfile.TemporaryDirectory(prefix=".mlxsmall-tokenizer-", dir=dst.parent) as work:
+    with work_directory(dst.parent) as work:
         work = Path(work)
         if tokenizer_dir is not None:
             import shutil

@@ -9,12 +9,12 @@ MobileLLM's redundant lm_head); optionally casts or quantizes; saves atomically.
 from __future__ import annotations
 
 import copy
-import tempfile
 from pathlib import Path
 from typing import Callable, Optional
 
 import mlx.core as mx
 
+from mlxsmall.atomic import work_directory
 from mlxsmall.errors import MlxsmallError
 
 from .safetensors_io import load_safetensors_checkpoint, safetensors_files
@@ -216,7 +216,7 @@ def convert_hf(
         chat_template = guess_chat_template(src, read_hf_config(src))
         if chat_template:
             log(f"chat template {chat_template} (MobiLlama chat checkpoint without one)")
-    with tempfile.TemporaryDirectory(prefix=".mlxsmall-tokenizer-", dir=dst.parent) as work:
+    with work_directory(dst.parent) as work:
         template = get_template(chat_template) if chat_template else None
         write_tokenizer(src, Path(work), chat_template=template,
                         stop_strings=STOP_STRINGS.get(chat_template or ""),

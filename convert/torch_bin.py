@@ -192,11 +192,11 @@ def load_torch_bin(path) -> dict:
                 raise MlxsmallError(f"{path}: data.pkl: a tensor is keyed by a {type(name).__name__}, not a name")
             storage = ref.storage
             view_key = (storage.key, ref.offset, ref.size, ref.stride)
+            if storage.key not in storages:
+                storages[storage.key] = _read_storage(archive, prefix, storage, path, spans)
+            elif storages[storage.key].dtype != STORAGE_DTYPES[storage.name]:
+                raise MlxsmallError(f"{path}: storage data/{storage.key[:40]} is used with two element types")
             if view_key not in views:
-                if storage.key not in storages:
-                    storages[storage.key] = _read_storage(archive, prefix, storage, path, spans)
-                elif storages[storage.key].dtype != STORAGE_DTYPES[storage.name]:
-                    raise MlxsmallError(f"{path}: storage data/{storage.key} is used with two element types")
                 views[view_key] = _to_mx(_view(storages[storage.key], ref, name, path), storage.name)
             tensors[name] = views[view_key]
     return tensors

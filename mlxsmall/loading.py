@@ -48,8 +48,8 @@ def read_config(model_dir: Path) -> dict:
     try:
         with open(path, encoding="utf-8") as f:
             config = json.load(f)
-    except json.JSONDecodeError as error:
-        raise MlxsmallError(f"{path}: not valid JSON ({error})") from None
+    except (ValueError, RecursionError) as error:  # bad JSON or UTF-8, huge numbers, deep nesting
+        raise MlxsmallError(f"{path}: not valid JSON ({' '.join(str(error).split())[:100]})") from None
     if not isinstance(config, dict):
         raise MlxsmallError(f"{path}: expected a JSON object")
     return config
@@ -62,8 +62,8 @@ def stop_strings(model_dir) -> list:
         return []
     try:
         stops = json.loads(path.read_text(encoding="utf-8")).get("stop_strings") or []
-    except (json.JSONDecodeError, AttributeError):
-        raise MlxsmallError(f"{path}: not a valid generation config") from None
+    except (ValueError, AttributeError, RecursionError):  # mlx-lm reads it too: checked before it does
+        raise MlxsmallError(f"{path}: not a valid generation config (a JSON object)") from None
     if isinstance(stops, str):
         return [stops]
     if not isinstance(stops, list) or not all(isinstance(stop, str) for stop in stops):
@@ -76,6 +76,8 @@ def architecture_for(config: dict, source: str = "config.json"):
     model_type = config.get("model_type")
     if model_type is None:
         raise MlxsmallError(f"{source}: missing field 'model_type'")
+    if not isinstance(model_type, str):
+        raise MlxsmallError(f"{source}: model_type must be a string")
     try:
         return get_architecture(model_type)
     except ValueError as error:
@@ -94,7 +96,7 @@ def model_args(config: dict, source: str = "config.json"):
         raise MlxsmallError(f"{source}: missing field(s) {', '.join(map(repr, missing))}")
     try:
         return arch.ModelArgs.from_dict(config)
-    except (ValueError, TypeError) as error:
+    except (ValueError, TypeError, AttributeError, KeyError) as error:
         raise MlxsmallError(f"{source}: {error}") from None
 
 
@@ -103,7 +105,7 @@ def build_model(config: dict, source: str = "config.json") -> nn.Module:
     args = model_args(config, source)
     try:
         return architecture_for(config).Model(args)
-    except (ValueError, TypeError, ZeroDivisionError, OverflowError) as error:
+    except (ValueError, TypeError, AttributeError, KeyError, ZeroDivisionError, OverflowError) as error:
         raise MlxsmallError(f"{source}: cannot build the model ({' '.join(str(error).split())[:120]})") from None
 
 
@@ -178,6 +180,7 @@ def load_model(
                 isinstance(quantization.get(key), int) and not isinstance(quantization.get(key), bool)
                 for key in ("group_size", "bits"))):
         raise MlxsmallError(f"{source}: quantization must be an object with integer group_size and bits")
+    stop_strings(model_dir)
     headers = {f: read_header(f) for f in weight_files(model_dir)}
     check_dimensions(config, {k: v["shape"] for h in headers.values() for k, v in h.items()}, source)
 
@@ -190,7 +193,7 @@ def load_model(
             model_dir, lazy=True, strict=True, model_config=model_config,
             get_model_classes=get_classes,
         )
-    except (ValueError, TypeError, KeyError) as error:
+    except (ValueError, TypeError, KeyError, AttributeError, ZeroDivisionError, OverflowError) as error:
         raise MlxsmallError(f"{model_dir}: {describe_weight_error(error, headers)}") from None
     if dtype is not None:
         # Before dequantizing, so that fp16 scales do not round the fp32 weights.
