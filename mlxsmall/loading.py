@@ -136,7 +136,7 @@ def check_dimensions(config: dict, shapes: dict, source) -> None:
         if field != "num_hidden_layers" and (config.get(field) or 0) > largest:
             raise MlxsmallError(f"{source}: {field} = {config[field]} is larger than any stored tensor dimension")
     layers = {int(match.group(1)) for name in shapes for match in [LAYER_KEY.match(name)] if match}
-    if layers != set(range(config["num_hidden_layers"])):
+    if len(layers) != config["num_hidden_layers"] or (layers and max(layers) != len(layers) - 1):
         stored = f"layers 0..{max(layers)}" if layers else "no layers"
         raise MlxsmallError(f"{source}: num_hidden_layers = {config['num_hidden_layers']} but the weights hold {stored}")
 
