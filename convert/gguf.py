@@ -553,7 +553,11 @@ def write_gguf_sentencepiece(metadata: dict, dst: Path, source) -> None:
             "model_max_length": _count(metadata, "llama.context_length", source, 2048),
         }))
         dst.mkdir(parents=True, exist_ok=True)
-        convert_sentencepiece(work, dst)
+        try:
+            convert_sentencepiece(work, dst)
+        except (MlxsmallError, RuntimeError, OSError, ValueError) as error:
+            reason = str(error).split(": ", 1)[-1] if isinstance(error, MlxsmallError) else str(error)
+            raise MlxsmallError(f"{source}: GGUF SentencePiece tokenizer metadata: {' '.join(reason.split())[:160]}") from None
     template = _text(metadata, "tokenizer.chat_template", source)
     if template:
         set_chat_template(dst, template)
