@@ -96,7 +96,7 @@ def model_args(config: dict, source: str = "config.json"):
         raise MlxsmallError(f"{source}: missing field(s) {', '.join(map(repr, missing))}")
     try:
         return arch.ModelArgs.from_dict(config)
-    except (ValueError, TypeError, AttributeError, KeyError) as error:
+    except (ValueError, TypeError, AttributeError, KeyError, ZeroDivisionError, OverflowError) as error:
         raise MlxsmallError(f"{source}: {error}") from None
 
 
