@@ -165,12 +165,10 @@ def build_converted_model(src: Path, *, shared_ffn: Optional[bool] = None, dtype
 
 def guess_chat_template(src: Path, upstream: dict) -> Optional[str]:
     """FastChat one_shot for a MobiLlama chat checkpoint whose tokenizer has no template; else None."""
-    import json
+    from .tokenizer import _read_json
 
     name = f"{src.name} {upstream.get('_name_or_path', '')}".lower()
-    tokenizer_config = src / "tokenizer_config.json"
-    has_template = (src / "chat_template.jinja").exists() or (
-        tokenizer_config.exists() and "chat_template" in json.loads(tokenizer_config.read_text() or "{}"))
+    has_template = (src / "chat_template.jinja").exists() or "chat_template" in _read_json(src / "tokenizer_config.json")
     if detect_architecture(upstream) == "mobillama" and "chat" in name and not has_template:
         return "fastchat-one-shot"
     return None

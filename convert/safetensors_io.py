@@ -113,16 +113,26 @@ def safetensors_files(directory) -> list:
     directory = Path(directory)
     indexes = sorted(directory.glob("*.safetensors.index.json"))
     if indexes:
-        try:
-            weight_map = json.loads(indexes[0].read_text())["weight_map"]
-            names = sorted(set(weight_map.values()))
-        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as error:
-            raise MlxsmallError(f"{indexes[0]}: not a valid checkpoint index ({error})") from None
+        names = shard_names(indexes[0])
         missing = [n for n in names if not (directory / n).exists()]
         if missing:
             raise MlxsmallError(f"{indexes[0]}: lists {missing[0]}, which is missing from {directory}")
         return [directory / n for n in names]
     return sorted(directory.glob("*.safetensors"))
+
+
+def shard_names(index: Path) -> list:
+    """The shard file names an index's weight_map lists (plain names inside its directory)."""
+    try:
+        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        names = sorted(set(weight_map.values()))
+    except (ValueError, RecursionError, KeyError, TypeError, AttributeError) as error:
+        reason = " ".join(str(error).split())[:100]
+        raise MlxsmallError(f"{index}: not a valid checkpoint index ({type(error).__name__}: {reason})") from None
+    bad = next((n for n in names if not isinstance(n, str) or Path(n).name != n or n in ("", ".", "..")), None)
+    if bad is not None or not names:
+        raise MlxsmallError(f"{index}: weight_map must list shard file names in the same directory, got {str(bad)[:60]!r}")
+    return names
 
 
 def load_safetensors_checkpoint(directory) -> dict:

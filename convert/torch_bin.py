@@ -13,7 +13,6 @@ to execute code fails with an error naming the global, and nothing is executed.
 from __future__ import annotations
 
 import io
-import json
 import pickle
 import pickletools
 import struct
@@ -356,8 +355,6 @@ def load_torch_bin_checkpoint(directory) -> dict:
 
 
 def _shards_from_index(index: Path) -> list:
-    try:
-        weight_map = json.loads(index.read_text())["weight_map"]
-        return sorted(set(weight_map.values()))
-    except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as error:
-        raise MlxsmallError(f"{index}: not a valid checkpoint index ({error})") from None
+    from mlxsmall.convert.safetensors_io import shard_names
+
+    return shard_names(index)

@@ -38,7 +38,6 @@ import sys
 import time
 import traceback
 import zipfile
-import zlib
 from collections import Counter, defaultdict
 from pathlib import Path
 
