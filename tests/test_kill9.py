@@ -26,7 +26,7 @@ TEMP_MARKERS = (".partial", ".old", ".mlxsmall-")
 def environment(home: Path) -> dict:
     env = dict(os.environ, HOME=str(home), XDG_CACHE_HOME=str(home / "cache"), HF_HOME=str(home / "hf"),
                HF_HUB_OFFLINE="1")
-    env.pop("MLXSMALL_CACHE", None)
+    env.pop("MLXSMALL_HOME", None)
     return env
 
 
@@ -78,17 +78,20 @@ def test_kill9_convert_quantize_first_use(tmp_path, tiny_tokenizer_dir):
     _, quantize_time = run(["quantize", str(work / "ref"), "-o", str(work / "ref-q4"), "--group-size", "32"], env)
     reference, reference_q4 = weights(work / "ref"), weights(work / "ref-q4")
 
+    left_by_kills = []  # what the kills left for the next run to clean (printed: shows they hit mid-write)
     for attempt in range(KILLS):
         out = work / f"out{attempt}"
         run(["convert", str(gguf), "-o", str(out), "--dtype", "float32"], env,
-            kill_after=rng.uniform(0.3, 1.0) * convert_time)
+            kill_after=rng.uniform(0.5, 1.0) * convert_time)
+        left_by_kills += leftovers(work)
         assert_complete_or_absent(out, reference)
         run(["convert", str(gguf), "-o", str(out), "--dtype", "float32", "--force"], env)
         assert_complete_or_absent(out, reference)
 
         q4 = work / f"q4-{attempt}"
         run(["quantize", str(work / "ref"), "-o", str(q4), "--group-size", "32"], env,
-            kill_after=rng.uniform(0.3, 1.0) * quantize_time)
+            kill_after=rng.uniform(0.5, 1.0) * quantize_time)
+        left_by_kills += leftovers(work)
         assert_complete_or_absent(q4, reference_q4)
         run(["quantize", str(work / "ref"), "-o", str(q4), "--group-size", "32", "--force"], env)
         assert_complete_or_absent(q4, reference_q4)
@@ -106,9 +109,11 @@ def test_kill9_convert_quantize_first_use(tmp_path, tiny_tokenizer_dir):
             import shutil
 
             shutil.rmtree(entry)
-        run(["generate", str(gguf), "-p", "hi", "-m", "2"], env, kill_after=rng.uniform(0.3, 1.0) * first_time)
+        run(["generate", str(gguf), "-p", "hi", "-m", "2"], env, kill_after=rng.uniform(0.5, 1.0) * first_time)
+        left_by_kills += leftovers(cache)
         for entry in (cache / "mlxsmall" / "models").iterdir():
             if not entry.name.startswith("."):
                 assert_complete_or_absent(entry, cached_weights)
         run(["generate", str(gguf), "-p", "hi", "-m", "2"], env)
         assert leftovers(cache) == []
+    print(f"temp dirs left by the kills (then removed): {left_by_kills}")
