@@ -52,7 +52,7 @@ PRE_TOKENIZERS = {"smollm": True, "gpt2": False, "default": False}
 
 # GGUF value types (gguf spec): scalar type -> size in bytes; 8 is a string, 9 an array.
 VALUE_SIZES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
-STRING, ARRAY, UINT32 = 8, 9, 4
+STRING, ARRAY, UINT32, FLOAT64 = 8, 9, 4, 12
 # ggml tensor types MLX's GGUF reader decodes: type -> (name, elements per block, bytes per block).
 TENSOR_TYPES = {0: ("F32", 1, 4), 1: ("F16", 1, 2), 30: ("BF16", 1, 2), 2: ("Q4_0", 32, 18),
                 3: ("Q4_1", 32, 20), 8: ("Q8_0", 32, 34)}
@@ -107,6 +107,9 @@ class _Cursor:
         self.pos = pos
 
     def value(self, kind, what):
+        if kind == FLOAT64:
+            raise MlxsmallError(f"{self.path}: GGUF {what} is a float64, which MLX's GGUF reader cannot read "
+                                "(it crashes on one); llama.cpp writes float32")
         if kind == STRING:
             return self.string(what)
         if kind in VALUE_SIZES:
@@ -115,6 +118,8 @@ class _Cursor:
         if kind == ARRAY:
             item = self.unpack("<I", 4, what)
             count = self.unpack("<Q", 8, what)
+            if item == FLOAT64:
+                return self.value(FLOAT64, what)
             if item == STRING:
                 if count > (len(self.data) - self.pos) // 8:
                     raise self.fail(f"{what}: {count} strings cannot fit in the file")

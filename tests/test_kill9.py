@@ -19,7 +19,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))  # tests/ helper modules (pytest runs in importlib mode)
 from test_gguf import write_gguf
 
-KILLS = int(os.environ.get("MLXSMALL_KILL9_N", "2"))  # kills per operation
+KILLS = int(os.environ.get("MLXSMALL_KILL9_N", "3"))  # kills per operation
 TEMP_MARKERS = (".partial", ".old", ".mlxsmall-")
 
 
@@ -30,11 +30,18 @@ def environment(home: Path) -> dict:
     return env
 
 
-def run(args, env, kill_after=None):
-    """Run `mlxsmall args`; with `kill_after`, SIGKILL it then. Returns (returncode, seconds)."""
+def run(args, env, kill_after=None, watch=None):
+    """Run `mlxsmall args`. Returns (returncode, seconds).
+
+    `kill_after` seconds: SIGKILL then; with `watch` (a directory), the clock starts only once a
+    temp dir appears there, so that the kill lands while the output is being written.
+    """
     start = time.monotonic()
     process = subprocess.Popen([sys.executable, "-m", "mlxsmall", *args], env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    if watch is not None:
+        while process.poll() is None and not (watch.exists() and leftovers(watch)):
+            time.sleep(0.002)
     try:
         _, err = process.communicate(timeout=kill_after)
     except subprocess.TimeoutExpired:
@@ -43,6 +50,13 @@ def run(args, env, kill_after=None):
         return -signal.SIGKILL, time.monotonic() - start
     assert process.returncode == 0 or kill_after, err.decode()[-2000:]
     return process.returncode, time.monotonic() - start
+
+
+def kill_moment(rng, duration):
+    """(seconds, watch?): half the kills at a random moment of the whole run, half while writing."""
+    if rng.random() < 0.5:
+        return rng.uniform(0.2, 1.0) * duration, False
+    return rng.uniform(0.0, 0.05), True
 
 
 def leftovers(directory: Path) -> list:
@@ -81,16 +95,18 @@ def test_kill9_convert_quantize_first_use(tmp_path, tiny_tokenizer_dir):
     left_by_kills = []  # what the kills left for the next run to clean (printed: shows they hit mid-write)
     for attempt in range(KILLS):
         out = work / f"out{attempt}"
-        run(["convert", str(gguf), "-o", str(out), "--dtype", "float32"], env,
-            kill_after=rng.uniform(0.5, 1.0) * convert_time)
+        delay, watch = kill_moment(rng, convert_time)
+        run(["convert", str(gguf), "-o", str(out), "--dtype", "float32"], env, kill_after=delay,
+            watch=work if watch else None)
         left_by_kills += leftovers(work)
         assert_complete_or_absent(out, reference)
         run(["convert", str(gguf), "-o", str(out), "--dtype", "float32", "--force"], env)
         assert_complete_or_absent(out, reference)
 
         q4 = work / f"q4-{attempt}"
-        run(["quantize", str(work / "ref"), "-o", str(q4), "--group-size", "32"], env,
-            kill_after=rng.uniform(0.5, 1.0) * quantize_time)
+        delay, watch = kill_moment(rng, quantize_time)
+        run(["quantize", str(work / "ref"), "-o", str(q4), "--group-size", "32"], env, kill_after=delay,
+            watch=work if watch else None)
         left_by_kills += leftovers(work)
         assert_complete_or_absent(q4, reference_q4)
         run(["quantize", str(work / "ref"), "-o", str(q4), "--group-size", "32", "--force"], env)
@@ -109,7 +125,9 @@ def test_kill9_convert_quantize_first_use(tmp_path, tiny_tokenizer_dir):
             import shutil
 
             shutil.rmtree(entry)
-        run(["generate", str(gguf), "-p", "hi", "-m", "2"], env, kill_after=rng.uniform(0.5, 1.0) * first_time)
+        delay, watch = kill_moment(rng, first_time)
+        run(["generate", str(gguf), "-p", "hi", "-m", "2"], env, kill_after=delay,
+            watch=cache / "mlxsmall" / "models" if watch else None)
         left_by_kills += leftovers(cache)
         for entry in (cache / "mlxsmall" / "models").iterdir():
             if not entry.name.startswith("."):
