@@ -2,7 +2,7 @@
 pickle payloads, GGUF (small and, in a small share, the real default model) and model directories.
 
 Every family must show 0 code executions, 0 crashes (signals, timeouts, MemoryError), 0 tracebacks
-and 0 accepted-but-different loads. MLXSMALL_FUZZ_N sets the number of mutants (default 300, a
+and 0 accepted-but-different loads. MLXSMALL_FUZZ_N sets the number of mutants (default 200, about
 couple of minutes on 2 cores; thousands for a deep run), MLXSMALL_FUZZ_SEED the seed.
 
 The harness runs in a fresh interpreter: it forks one child per mutant, and a process in which
@@ -21,7 +21,7 @@ HARNESS = Path(__file__).parent / "fuzz_harness.py"
 
 @pytest.mark.slow
 def test_fuzz_checkpoints(tmp_path):
-    n = os.environ.get("MLXSMALL_FUZZ_N", "300")
+    n = os.environ.get("MLXSMALL_FUZZ_N", "200")
     seed = os.environ.get("MLXSMALL_FUZZ_SEED", "0")
     result = subprocess.run(
         [sys.executable, str(HARNESS), "--n", n, "--seed", seed, "--root", str(tmp_path)],
