@@ -3,7 +3,7 @@ pickle payloads, GGUF (small and, in a small share, the real default model) and 
 
 Every family must show 0 code executions, 0 crashes (signals, timeouts, MemoryError), 0 tracebacks
 and 0 accepted-but-different loads. MLXSMALL_FUZZ_N sets the number of mutants (default 200, about
-couple of minutes on 2 cores; thousands for a deep run), MLXSMALL_FUZZ_SEED the seed.
+two minutes on 2 idle cores; thousands for a deep run), MLXSMALL_FUZZ_SEED the seed.
 
 The harness runs in a fresh interpreter: it forks one child per mutant, and a process in which
 MLX has evaluated anything (as this pytest process has) forks children that hang in MLX.
