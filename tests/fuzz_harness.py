@@ -797,7 +797,12 @@ def run_fuzz(root: Path, n: int, seed: int = 0, *, timeout: float = 30.0, famili
             path = work / "mutant.gguf"
             data, kind = gguf_mutant(gguf_data, gguf_info[0], gguf_info[1], rng, real=False)
             if data is None:
-                kind = gguf_meta_mutant(source["path"], path, rng)
+                try:
+                    kind = gguf_meta_mutant(source["path"], path, rng)
+                except ValueError:  # a value the gguf package will not write (an empty array)
+                    offset, size, what = rng.choice(gguf_info[0])
+                    path.write_bytes(set_field(gguf_data, offset, size, rng))
+                    kind = f"field:{what}"
             else:
                 path.write_bytes(data)
         else:  # gguf-real: one field patched in place, restored afterwards
