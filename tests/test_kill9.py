@@ -40,7 +40,8 @@ def run(args, env, kill_after=None, watch=None):
     process = subprocess.Popen([sys.executable, "-m", "mlxsmall", *args], env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     if watch is not None:
-        while process.poll() is None and not (watch.exists() and leftovers(watch)):
+        while process.poll() is None and not (watch.exists() and any(
+                marker in entry.name for entry in watch.iterdir() for marker in TEMP_MARKERS)):
             time.sleep(0.002)
     try:
         _, err = process.communicate(timeout=kill_after)
@@ -56,7 +57,7 @@ def kill_moment(rng, duration):
     """(seconds, watch?): half the kills at a random moment of the whole run, half while writing."""
     if rng.random() < 0.5:
         return rng.uniform(0.2, 1.0) * duration, False
-    return rng.uniform(0.0, 0.05), True
+    return rng.uniform(0.0, 0.01), True
 
 
 def leftovers(directory: Path) -> list:
