@@ -850,7 +850,7 @@ def main(argv=None):
     import tempfile
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--n", type=int, default=int(os.environ.get("MLXSMALL_FUZZ_N", "200")))
+    parser.add_argument("--n", type=int, default=int(os.environ.get("MLXSMALL_FUZZ_N", "400")))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--timeout", type=float, default=30.0)
     parser.add_argument("--families", nargs="*", default=None)
