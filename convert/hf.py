@@ -9,12 +9,12 @@ MobileLLM's redundant lm_head); optionally casts or quantizes; saves atomically.
 from __future__ import annotations
 
 import copy
-import tempfile
 from pathlib import Path
 from typing import Callable, Optional
 
 import mlx.core as mx
 
+from mlxsmall.atomic import work_directory
 from mlxsmall.errors import MlxsmallError
 
 from .safetensors_io import load_safetensors_checkpoint, safetensors_files
@@ -103,19 +103,26 @@ def mlp_layout(weights: dict, num_layers: int) -> str:
     )
 
 
-def map_config(upstream: dict, weights: dict, *, shared_ffn: Optional[bool] = None) -> dict:
+def map_config(upstream: dict, weights: dict, *, shared_ffn: Optional[bool] = None,
+               source="config.json") -> dict:
     """Our config.json for an upstream one (HF field names kept; quirks resolved from weights)."""
-    arch = detect_architecture(upstream)
+    from mlxsmall.loading import check_dimensions
+
+    arch = detect_architecture(upstream, source)
     config = {k: v for k, v in copy.deepcopy(upstream).items() if k not in DROPPED_FIELDS}
     config["model_type"] = arch
     if config.get("rope_scaling", 0) is None:
         del config["rope_scaling"]  # null upstream; transformers warns about the field when present
     for field in ("hidden_size", "num_hidden_layers", "intermediate_size", "num_attention_heads", "vocab_size"):
         if field not in config:
-            raise MlxsmallError(f"config.json: missing field {field!r}")
+            raise MlxsmallError(f"{source}: missing field {field!r}")
+    shapes = {name: tensor.shape for name, tensor in weights.items()}
+    # Upstream num_key_value_heads can be wrong (MobiLlama): checked once it is read off the weights.
+    check_dimensions({**config, "num_key_value_heads": None}, shapes, source)
     kv_heads = kv_heads_from_weights(config, weights)
     if kv_heads:
         config["num_key_value_heads"] = kv_heads
+    check_dimensions(config, shapes, source)
     if arch == "mobillama":
         if shared_ffn is None:
             shared_ffn = mlp_layout(weights, config["num_hidden_layers"]) == "shared" \
@@ -139,8 +146,8 @@ def build_converted_model(src: Path, *, shared_ffn: Optional[bool] = None, dtype
     upstream = read_hf_config(src)
     detect_architecture(upstream, src / "config.json")  # refuse unknown ones before reading weights
     weights = load_checkpoint_weights(src)
-    config = map_config(upstream, weights, shared_ffn=shared_ffn)
-    model = build_model(config)
+    config = map_config(upstream, weights, shared_ffn=shared_ffn, source=src / "config.json")
+    model = build_model(config, src / "config.json")
     try:
         weights = model.sanitize(weights)
         model.load_weights(list(weights.items()), strict=True)
@@ -158,12 +165,10 @@ def build_converted_model(src: Path, *, shared_ffn: Optional[bool] = None, dtype
 
 def guess_chat_template(src: Path, upstream: dict) -> Optional[str]:
     """FastChat one_shot for a MobiLlama chat checkpoint whose tokenizer has no template; else None."""
-    import json
+    from .tokenizer import _read_json
 
     name = f"{src.name} {upstream.get('_name_or_path', '')}".lower()
-    tokenizer_config = src / "tokenizer_config.json"
-    has_template = (src / "chat_template.jinja").exists() or (
-        tokenizer_config.exists() and "chat_template" in json.loads(tokenizer_config.read_text() or "{}"))
+    has_template = (src / "chat_template.jinja").exists() or "chat_template" in _read_json(src / "tokenizer_config.json")
     if detect_architecture(upstream) == "mobillama" and "chat" in name and not has_template:
         return "fastchat-one-shot"
     return None
@@ -209,7 +214,7 @@ def convert_hf(
         chat_template = guess_chat_template(src, read_hf_config(src))
         if chat_template:
             log(f"chat template {chat_template} (MobiLlama chat checkpoint without one)")
-    with tempfile.TemporaryDirectory(prefix=".mlxsmall-tokenizer-", dir=dst.parent) as work:
+    with work_directory(dst.parent) as work:
         template = get_template(chat_template) if chat_template else None
         write_tokenizer(src, Path(work), chat_template=template,
                         stop_strings=STOP_STRINGS.get(chat_template or ""),

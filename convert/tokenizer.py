@@ -45,9 +45,12 @@ def write_tokenizer(src: Path, dst: Path, *, chat_template: Optional[str] = None
 
 def _read_json(path: Path) -> dict:
     try:
-        return json.loads(path.read_text()) if path.exists() else {}
-    except json.JSONDecodeError as error:
-        raise MlxsmallError(f"{path}: not valid JSON ({error})") from None
+        document = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    except (ValueError, RecursionError) as error:  # bad JSON or UTF-8, huge numbers, deep nesting
+        raise MlxsmallError(f"{path}: not valid JSON ({' '.join(str(error).split())[:100]})") from None
+    if not isinstance(document, dict):
+        raise MlxsmallError(f"{path}: expected a JSON object")
+    return document
 
 
 def convert_sentencepiece(src: Path, dst: Path) -> None:

@@ -12,10 +12,12 @@ to execute code fails with an error naming the global, and nothing is executed.
 
 from __future__ import annotations
 
-import json
+import io
 import pickle
+import pickletools
 import struct
 import zipfile
+import zlib
 from collections import OrderedDict
 from pathlib import Path
 
@@ -65,8 +67,36 @@ class _TensorRef:
         self.stride = tuple(stride)
 
 
+MAX_DIMS = 16  # far more than any weight has; refuses 100-dim views before anything is sized
+# A compressed member may expand to at most this many times its stored size (or 64 MiB): torch.save
+# stores everything uncompressed, so anything bigger is a decompression bomb, refused unread.
+MAX_EXPANSION, SMALL_MEMBER = 32, 64 << 20
+MAX_PICKLE = 256 << 20
+CRC_CHUNK = 16 << 20
+
+
+def _is_count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
 def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=False,
                        backward_hooks=None, metadata=None):
+    """Check the view against its storage here, before anything is sized or allocated."""
+    if not isinstance(storage, _StorageRef):
+        raise ValueError(f"tensor storage is a {type(storage).__name__}, not a storage")
+    if not (isinstance(size, (tuple, list)) and isinstance(stride, (tuple, list))
+            and len(size) == len(stride) <= MAX_DIMS and _is_count(storage_offset)
+            and all(_is_count(n) for n in size) and all(_is_count(s) for s in stride)):
+        raise ValueError("tensor size/stride/offset are not lists of non-negative integers of equal length")
+    count = 1
+    for n in size:
+        count *= n
+    if count:
+        last = storage_offset + sum((n - 1) * s for n, s in zip(size, stride))
+        # No more elements than the storage holds: a stride-0 view of 2^40 elements is refused.
+        if last >= storage.numel or count > storage.numel:
+            raise ValueError(f"a {list(size)} view at offset {storage_offset} does not fit its storage "
+                             f"of {storage.numel} elements")
     return _TensorRef(storage, storage_offset, size, stride)
 
 
@@ -93,10 +123,11 @@ class _RestrictedUnpickler(pickle.Unpickler):
 
     def persistent_load(self, pid):
         if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"
-                and isinstance(pid[1], _StorageType)):
-            raise MlxsmallError(f"{self.source}: unsupported persistent id {pid!r:.80} in data.pkl")
+                and isinstance(pid[1], _StorageType) and isinstance(pid[2], str) and _is_count(pid[4])):
+            raise MlxsmallError(f"{self.source}: data.pkl: unsupported persistent id (a {type(pid).__name__}, "
+                                "not ('storage', type, key, location, numel))")
         _, storage_type, key, _location, numel = pid
-        return _StorageRef(storage_type.name, str(key), int(numel))
+        return _StorageRef(storage_type.name, key, numel)
 
 
 def _to_mx(array: np.ndarray, storage_name: str):
@@ -107,108 +138,201 @@ def _to_mx(array: np.ndarray, storage_name: str):
     return mx.array(array)
 
 
+ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, OSError, EOFError, ValueError,
+              struct.error, NotImplementedError, RuntimeError)
+MEMO_PUTS = {"PUT", "BINPUT", "LONG_BINPUT"}
+
+
 def load_torch_bin(path) -> dict:
     """Tensors of one `pytorch_model.bin` as `{name: mx.array}`, dtypes kept (fp32/fp16/bf16...).
 
-    Raises MlxsmallError naming the file for anything that is not a plain zip-pickle state dict.
+    Every member is checked against the zip's central directory (name, sizes, CRC-32) before its
+    bytes are used. Raises MlxsmallError naming the file for anything that is not a plain
+    zip-pickle state dict.
     """
     path = Path(path)
     try:
         archive = zipfile.ZipFile(path)
     except FileNotFoundError:
         raise MlxsmallError(f"{path}: no such file") from None
-    except (zipfile.BadZipFile, OSError) as error:
+    except ZIP_ERRORS as error:
         raise MlxsmallError(
-            f"{path}: not a readable PyTorch zip checkpoint ({error}); the file may be truncated "
+            f"{path}: not a readable PyTorch zip checkpoint ({_reason(error)}); the file may be truncated "
             "or corrupt (re-download it), or written by torch < 1.6 (legacy format, unsupported)"
         ) from None
     with archive:
-        names = archive.namelist()
+        infos = archive.infolist()
+        for info in infos:
+            _check_member(info, path)
+        names = [info.filename for info in infos]
         pickles = [n for n in names if n.endswith("data.pkl") and n.count("/") == 1]
-        if len(pickles) != 1:
-            raise MlxsmallError(f"{path}: expected one '<name>/data.pkl' in the archive, found {len(pickles)}")
+        if len(pickles) != 1 or len(set(names)) != len(names):
+            raise MlxsmallError(f"{path}: expected one '<name>/data.pkl' and unique member names in the archive")
         prefix = pickles[0][: -len("data.pkl")]
-        try:
-            byteorder = archive.read(prefix + "byteorder").decode().strip()
-        except KeyError:
+        if prefix + "byteorder" in names:
+            raw = _read_member(archive, prefix + "byteorder", path)
+            byteorder = raw.decode("ascii", "replace").strip()
+            if byteorder not in ("little", "big"):
+                raise MlxsmallError(f"{path}: byteorder is {raw[:20]!r}, not 'little' or 'big' (corrupt archive)")
+        else:
             byteorder = "little"
-        except (zipfile.BadZipFile, OSError) as error:
-            raise MlxsmallError(f"{path}: corrupt archive ({error})") from None
         if byteorder != "little":
             raise MlxsmallError(f"{path}: big-endian checkpoints are not supported")
 
-        try:
-            with archive.open(pickles[0]) as handle:
-                state = _RestrictedUnpickler(handle, path).load()
-        except MlxsmallError:
-            raise
-        except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, OSError, TypeError,
-                ValueError, AttributeError, IndexError, KeyError) as error:
-            raise MlxsmallError(f"{path}: cannot read data.pkl ({type(error).__name__}: {error})") from None
-        if not isinstance(state, dict):
-            raise MlxsmallError(f"{path}: data.pkl holds a {type(state).__name__}, not a state dict")
-
+        state = _unpickle(_read_member(archive, pickles[0], path), path)
         storages = {}  # key -> numpy array over the whole storage, read once however many views it has
+        spans = []  # byte ranges of the memory-mapped storages: members must not overlap
         views = {}  # identical views (MobiLlama's 22 MLP copies) become one array, not 22 copies
         tensors = {}
         for name, ref in state.items():
             if not isinstance(ref, _TensorRef):
                 continue  # non-tensor entries (e.g. metadata) carry no weights
+            if not isinstance(name, str):
+                raise MlxsmallError(f"{path}: data.pkl: a tensor is keyed by a {type(name).__name__}, not a name")
             storage = ref.storage
             view_key = (storage.key, ref.offset, ref.size, ref.stride)
+            if storage.key not in storages:
+                storages[storage.key] = _read_storage(archive, prefix, storage, path, spans)
+            elif storages[storage.key].dtype != STORAGE_DTYPES[storage.name]:
+                raise MlxsmallError(f"{path}: storage data/{storage.key[:40]} is used with two element types")
             if view_key not in views:
-                if storage.key not in storages:
-                    storages[storage.key] = _read_storage(archive, prefix, storage, path)
                 views[view_key] = _to_mx(_view(storages[storage.key], ref, name, path), storage.name)
             tensors[name] = views[view_key]
     return tensors
 
 
-def _read_storage(archive, prefix, storage, path):
+def _reason(error) -> str:
+    return " ".join(str(error).split())[:120] or type(error).__name__
+
+
+def _check_member(info, path):
+    """Refuse what torch.save never writes and what could cost more than the file's size to read."""
+    if info.flag_bits & 0x1:
+        raise MlxsmallError(f"{path}: member {info.filename[:80]} is encrypted")
+    if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+        raise MlxsmallError(f"{path}: member {info.filename[:80]} uses compression method {info.compress_type} "
+                            "(only stored and deflated are supported)")
+    if info.compress_type == zipfile.ZIP_STORED and info.file_size != info.compress_size:
+        raise MlxsmallError(f"{path}: member {info.filename[:80]} is stored but its sizes differ (corrupt archive)")
+    if info.file_size > max(SMALL_MEMBER, MAX_EXPANSION * info.compress_size):
+        raise MlxsmallError(f"{path}: member {info.filename[:80]} would expand from {info.compress_size} to "
+                            f"{info.file_size} bytes (a decompression bomb?); refused unread")
+
+
+def _read_member(archive, name, path) -> bytes:
+    """A small member's bytes, checked by zipfile against the central directory (name, CRC-32)."""
+    info = archive.getinfo(name)
+    if info.file_size > MAX_PICKLE:
+        raise MlxsmallError(f"{path}: {name} declares {info.file_size} bytes, more than a checkpoint's pickle needs")
+    try:
+        return archive.read(info)
+    except ZIP_ERRORS as error:
+        raise MlxsmallError(f"{path}: {name} is corrupt ({_reason(error)})") from None
+
+
+def _scan_pickle(raw: bytes, path):
+    """Walk the opcodes without running them: every length and memo index bounded by the data.
+
+    The C unpickler trusts the counts (a LONG_BINPUT of 2^31 sizes its memo to gigabytes first).
+    """
+    puts = 0
+    try:
+        for opcode, arg, position in pickletools.genops(raw):
+            if opcode.name in MEMO_PUTS:
+                if arg > puts:
+                    raise ValueError(f"memo index {arg} at byte {position} skips ahead (only {puts} stored)")
+                puts += 1
+            elif opcode.name == "MEMOIZE":
+                puts += 1
+            elif opcode.name == "FRAME" and arg > len(raw) - position:
+                raise ValueError(f"frame of {arg} bytes at byte {position} runs past the end")
+    except (ValueError, TypeError, OverflowError) as error:
+        raise MlxsmallError(f"{path}: data.pkl is not a valid pickle ({_reason(error)})") from None
+
+
+def _unpickle(raw: bytes, path):
+    _scan_pickle(raw, path)
+    try:
+        state = _RestrictedUnpickler(io.BytesIO(raw), path).load()
+    except MlxsmallError:
+        raise
+    except (pickle.UnpicklingError, EOFError, TypeError, ValueError, AttributeError, IndexError, KeyError,
+            OverflowError, RecursionError, MemoryError, struct.error) as error:
+        raise MlxsmallError(f"{path}: cannot read data.pkl ({type(error).__name__}: {_reason(error)})") from None
+    if not isinstance(state, dict):
+        raise MlxsmallError(f"{path}: data.pkl holds a {type(state).__name__}, not a state dict")
+    return state
+
+
+def _read_storage(archive, prefix, storage, path, spans):
     """The storage's elements as a flat array: memory-mapped when stored uncompressed (torch.save
-    always does), so a multi-GB checkpoint is not copied into memory once more."""
+    always does), so a multi-GB checkpoint is not copied into memory once more. The mapped bytes
+    are checked against the central directory's CRC-32 (one streaming pass)."""
     dtype = STORAGE_DTYPES[storage.name]
     member = f"{prefix}data/{storage.key}"
     try:
         info = archive.getinfo(member)
     except KeyError:
-        raise MlxsmallError(f"{path}: storage data/{storage.key} is missing from the archive") from None
+        raise MlxsmallError(f"{path}: storage data/{storage.key[:40]} is missing from the archive") from None
     expected = storage.numel * dtype.itemsize
     if info.file_size != expected:
         raise MlxsmallError(
             f"{path}: storage data/{storage.key} has {info.file_size} bytes, expected "
             f"{storage.numel} x {dtype.itemsize} (file truncated or corrupt)"
         )
+    if info.compress_type != zipfile.ZIP_STORED:
+        raw = _read_member_unbounded(archive, info, path)
+        return np.frombuffer(raw, dtype=dtype)
+    start = _stored_data_start(info, path)
+    if start + expected > path.stat().st_size:
+        raise MlxsmallError(f"{path}: storage data/{storage.key} is cut short (file truncated)")
+    for other_start, other_end in spans:
+        if start < other_end and other_start < start + expected:
+            raise MlxsmallError(f"{path}: storage data/{storage.key} overlaps another member (corrupt archive)")
+    spans.append((start, start + expected))
     if expected == 0:
-        return np.zeros(0, dtype=dtype)
-    if info.compress_type == zipfile.ZIP_STORED:
-        with open(path, "rb") as handle:
-            handle.seek(info.header_offset)
-            header = handle.read(30)
-        if len(header) < 30 or header[:4] != b"PK\x03\x04":
-            raise MlxsmallError(f"{path}: storage data/{storage.key} has a corrupt zip entry header")
-        name_length, extra_length = struct.unpack("<HH", header[26:30])
-        start = info.header_offset + 30 + name_length + extra_length
-        if start + expected > path.stat().st_size:
-            raise MlxsmallError(f"{path}: storage data/{storage.key} is cut short (file truncated)")
-        return np.memmap(path, dtype=dtype, mode="r", offset=start, shape=(storage.numel,))
+        array = np.zeros(0, dtype=dtype)
+    else:
+        array = np.memmap(path, dtype=dtype, mode="r", offset=start, shape=(storage.numel,))
+    crc = 0
+    for chunk in range(0, expected, CRC_CHUNK):  # streaming: pages are read once, never all held
+        crc = zlib.crc32(array.view(np.uint8)[chunk:chunk + CRC_CHUNK], crc)
+    if crc != info.CRC:
+        raise MlxsmallError(f"{path}: storage data/{storage.key} fails its CRC-32 check (corrupt file)")
+    return array
+
+
+def _read_member_unbounded(archive, info, path) -> bytes:
+    # Sizes were bounded by _check_member; zipfile checks the CRC-32 at the end.
     try:
-        raw = archive.read(member)
-    except (zipfile.BadZipFile, OSError, EOFError) as error:
-        raise MlxsmallError(f"{path}: storage data/{storage.key} is corrupt or truncated ({error})") from None
-    return np.frombuffer(raw, dtype=dtype)
+        return archive.read(info)
+    except ZIP_ERRORS as error:
+        raise MlxsmallError(f"{path}: {info.filename} is corrupt ({_reason(error)})") from None
+
+
+def _stored_data_start(info, path) -> int:
+    """Where a stored member's bytes start, its local header checked against the central directory."""
+    with open(path, "rb") as handle:
+        handle.seek(info.header_offset)
+        header = handle.read(30)
+        if len(header) < 30 or header[:4] != b"PK\x03\x04":
+            raise MlxsmallError(f"{path}: {info.filename} has a corrupt zip entry header")
+        flags, method = struct.unpack("<HH", header[6:10])
+        name_length, extra_length = struct.unpack("<HH", header[26:30])
+        name = handle.read(name_length)
+    expected_name = info.orig_filename.encode("utf-8" if info.flag_bits & 0x800 else "cp437", "replace")
+    if name != expected_name or method != info.compress_type or (flags & 0x1):
+        raise MlxsmallError(f"{path}: {info.filename}: the local zip header does not match the central directory")
+    return info.header_offset + 30 + name_length + extra_length
 
 
 def _view(flat, ref, name, path):
-    """The tensor `ref` as a contiguous array, checking its strided extent stays inside the storage."""
-    size, stride, offset = ref.size, ref.stride, int(ref.offset)
-    if len(size) != len(stride) or offset < 0 or any(s < 0 for s in size) or any(s < 0 for s in stride):
-        raise MlxsmallError(f"{path}: tensor '{name}' has an invalid size/stride")
-    if any(s == 0 for s in size):
+    """The tensor `ref` as a contiguous array (its extent was checked against the storage when unpickled)."""
+    size, stride, offset = ref.size, ref.stride, ref.offset
+    if len(flat) != ref.storage.numel:
+        raise MlxsmallError(f"{path}: tensor '{name[:80]}' does not fit its storage")
+    if any(n == 0 for n in size):
         return np.zeros(size, dtype=flat.dtype)
-    last = offset + sum((n - 1) * s for n, s in zip(size, stride))
-    if last >= flat.size:
-        raise MlxsmallError(f"{path}: tensor '{name}' reaches past the end of its storage")
     itemsize = flat.dtype.itemsize
     view = np.lib.stride_tricks.as_strided(
         flat[offset:], shape=size, strides=[s * itemsize for s in stride], writeable=False
@@ -231,8 +355,6 @@ def load_torch_bin_checkpoint(directory) -> dict:
 
 
 def _shards_from_index(index: Path) -> list:
-    try:
-        weight_map = json.loads(index.read_text())["weight_map"]
-        return sorted(set(weight_map.values()))
-    except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as error:
-        raise MlxsmallError(f"{index}: not a valid checkpoint index ({error})") from None
+    from mlxsmall.convert.safetensors_io import shard_names
+
+    return shard_names(index)

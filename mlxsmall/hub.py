@@ -60,8 +60,11 @@ def conversion_status(log: Callable[[str], None]):
 def models_dir() -> Path:
     from .paths import cache_dir
 
+    from .atomic import remove_stale
+
     path = cache_dir() / "models"
     path.mkdir(parents=True, exist_ok=True)
+    remove_stale(path)  # temp dirs of conversions killed before they could clean up
     return path
 
 

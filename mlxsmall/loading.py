@@ -9,6 +9,7 @@ one clear error line instead of a traceback from inside MLX.
 
 import dataclasses
 import json
+import re
 import shutil
 from pathlib import Path
 from typing import Optional, Tuple, Union
@@ -48,8 +49,8 @@ def read_config(model_dir: Path) -> dict:
     try:
         with open(path, encoding="utf-8") as f:
             config = json.load(f)
-    except json.JSONDecodeError as error:
-        raise MlxsmallError(f"{path}: not valid JSON ({error})") from None
+    except (ValueError, RecursionError) as error:  # bad JSON or UTF-8, huge numbers, deep nesting
+        raise MlxsmallError(f"{path}: not valid JSON ({' '.join(str(error).split())[:100]})") from None
     if not isinstance(config, dict):
         raise MlxsmallError(f"{path}: expected a JSON object")
     return config
@@ -62,9 +63,13 @@ def stop_strings(model_dir) -> list:
         return []
     try:
         stops = json.loads(path.read_text(encoding="utf-8")).get("stop_strings") or []
-    except (json.JSONDecodeError, AttributeError):
-        raise MlxsmallError(f"{path}: not a valid generation config") from None
-    return [stops] if isinstance(stops, str) else list(stops)
+    except (ValueError, AttributeError, RecursionError):  # mlx-lm reads it too: checked before it does
+        raise MlxsmallError(f"{path}: not a valid generation config (a JSON object)") from None
+    if isinstance(stops, str):
+        return [stops]
+    if not isinstance(stops, list) or not all(isinstance(stop, str) for stop in stops):
+        raise MlxsmallError(f"{path}: stop_strings must be a string or a list of strings")
+    return stops
 
 
 def architecture_for(config: dict, source: str = "config.json"):
@@ -72,6 +77,8 @@ def architecture_for(config: dict, source: str = "config.json"):
     model_type = config.get("model_type")
     if model_type is None:
         raise MlxsmallError(f"{source}: missing field 'model_type'")
+    if not isinstance(model_type, str):
+        raise MlxsmallError(f"{source}: model_type must be a string")
     try:
         return get_architecture(model_type)
     except ValueError as error:
@@ -90,13 +97,49 @@ def model_args(config: dict, source: str = "config.json"):
         raise MlxsmallError(f"{source}: missing field(s) {', '.join(map(repr, missing))}")
     try:
         return arch.ModelArgs.from_dict(config)
-    except (ValueError, TypeError) as error:
+    except (ValueError, TypeError, AttributeError, KeyError, ZeroDivisionError, OverflowError) as error:
         raise MlxsmallError(f"{source}: {error}") from None
 
 
-def build_model(config: dict) -> nn.Module:
+def build_model(config: dict, source: str = "config.json") -> nn.Module:
     """A randomly initialised model for this config (no weights read)."""
-    return architecture_for(config).Model(model_args(config))
+    args = model_args(config, source)
+    try:
+        return architecture_for(config).Model(args)
+    except (ValueError, TypeError, AttributeError, KeyError, ZeroDivisionError, OverflowError) as error:
+        raise MlxsmallError(f"{source}: cannot build the model ({' '.join(str(error).split())[:120]})") from None
+
+
+DIMENSIONS = ("hidden_size", "num_hidden_layers", "intermediate_size", "num_attention_heads",
+              "num_key_value_heads", "vocab_size", "head_dim")
+LAYER_KEY = re.compile(r"model\.layers\.(\d+)\.")
+
+
+def check_dimensions(config: dict, shapes: dict, source) -> None:
+    """The config's dimensions against the stored tensors' shapes, before anything is built.
+
+    A config that lies (0 heads, 2^31 layers, a head count that does not divide the hidden size)
+    is one line here instead of a model built for minutes or a division by zero inside MLX.
+    """
+    for field in DIMENSIONS:
+        value = config.get(field)
+        if value is None and field in ("num_key_value_heads", "head_dim"):
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise MlxsmallError(f"{source}: {field} = {str(value)[:40]} is not a positive integer")
+    heads, kv_heads = config["num_attention_heads"], config.get("num_key_value_heads") or config["num_attention_heads"]
+    if not config.get("head_dim") and config["hidden_size"] % heads:
+        raise MlxsmallError(f"{source}: num_attention_heads = {heads} does not divide hidden_size = {config['hidden_size']}")
+    if heads % kv_heads:
+        raise MlxsmallError(f"{source}: num_key_value_heads = {kv_heads} does not divide num_attention_heads = {heads}")
+    largest = max((max(shape, default=0) for shape in shapes.values()), default=0)
+    for field in DIMENSIONS:
+        if field != "num_hidden_layers" and (config.get(field) or 0) > largest:
+            raise MlxsmallError(f"{source}: {field} = {config[field]} is larger than any stored tensor dimension")
+    layers = {int(match.group(1)) for name in shapes for match in [LAYER_KEY.match(name)] if match}
+    if len(layers) != config["num_hidden_layers"] or (layers and max(layers) != len(layers) - 1):
+        stored = f"layers 0..{max(layers)}" if layers else "no layers"
+        raise MlxsmallError(f"{source}: num_hidden_layers = {config['num_hidden_layers']} but the weights hold {stored}")
 
 
 # --------------------------------------------------------------------------- weights
@@ -130,8 +173,17 @@ def load_model(
     config = read_config(model_dir)
     if model_config:
         config.update(model_config)
-    model_args(config, str(model_dir / "config.json"))  # clear errors before mlx-lm sees it
+    source = str(model_dir / "config.json")
+    model_args(config, source)  # clear errors before mlx-lm sees it
+    quantization = config.get("quantization")
+    if quantization is not None and not (
+            isinstance(quantization, dict) and all(
+                isinstance(quantization.get(key), int) and not isinstance(quantization.get(key), bool)
+                for key in ("group_size", "bits"))):
+        raise MlxsmallError(f"{source}: quantization must be an object with integer group_size and bits")
+    stop_strings(model_dir)
     headers = {f: read_header(f) for f in weight_files(model_dir)}
+    check_dimensions(config, {k: v["shape"] for h in headers.values() for k, v in h.items()}, source)
 
     def get_classes(config):
         arch = architecture_for(config)
@@ -144,7 +196,7 @@ def load_model(
             get_model_classes=get_classes,
         )
         config.pop("model_file", None)
-    except ValueError as error:
+    except (ValueError, TypeError, KeyError, AttributeError, ZeroDivisionError, OverflowError) as error:
         raise MlxsmallError(f"{model_dir}: {describe_weight_error(error, headers)}") from None
     prepare_weights(model, config, dtype=dtype, dequantize=dequantize)
     if not lazy:

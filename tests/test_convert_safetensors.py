@@ -28,7 +28,7 @@ def test_sharded_with_index(tmp_path):
     (lambda data: data[:5], "too short to be a safetensors file"),
     (lambda data: data[:-4], r"tensor 'w' ends at byte 64 but the file holds 60 data bytes \(truncated\)"),
     (lambda data: struct.pack("<Q", 10 ** 6) + data[8:], "header length 1000000 exceeds the file"),
-    (lambda data: data[:8] + b"X" + data[9:], "header is not valid JSON"),
+    (lambda data: data[:8] + b"X" + data[9:], "header is not valid safetensors JSON"),
 ])
 def test_bad_files_name_the_file(tmp_path, damage, message):
     path = tmp_path / "model.safetensors"
@@ -37,3 +37,31 @@ def test_bad_files_name_the_file(tmp_path, damage, message):
     with pytest.raises(MlxsmallError, match=message) as error:
         load_safetensors(path)
     assert str(path) in str(error.value)
+
+
+def _with_header(header: str, data: bytes) -> bytes:
+    raw = header.encode()
+    return struct.pack("<Q", len(raw)) + raw + data
+
+
+@pytest.mark.parametrize("header, message", [
+    ('{"w":{"dtype":"F32","shape":[Infinity],"data_offsets":[0,16]}}', "shape .* is not a list of sizes"),
+    ('{"w":{"dtype":"F32","shape":[4],"data_offsets":["0",16]}}', "data_offsets .* are not two byte offsets"),
+    ('{"w":{"dtype":"F32","shape":[4],"data_offsets":null}}', "data_offsets .* are not two byte offsets"),
+    ('{"w":{"dtype":["F32"],"shape":[4],"data_offsets":[0,16]}}', "dtype .* is not supported"),
+    ('{"w":{"dtype":"F32","shape":[' + "9" * 5000 + '],"data_offsets":[0,16]}}', "not valid safetensors JSON"),
+    ('{"a":' * 100000 + "1" + "}" * 100000, "not valid safetensors JSON"),
+    ('{"w":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"v":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}}',
+     "overlaps the tensor before it"),
+    ('{"w":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"v":{"dtype":"F32","shape":[1],"data_offsets":[12,16]}}',
+     "leaves a gap"),
+    ('{"w":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}', "the tensors end at byte 8 but the data buffer holds 16"),
+    ('{"w":{"dtype":"F32","shape":[4],"data_offsets":[0,16]},"w":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}}',
+     "appears twice"),
+])
+def test_hostile_headers_are_one_line(tmp_path, header, message):
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(_with_header(header, bytes(16)))
+    with pytest.raises(MlxsmallError, match=message) as error:
+        load_safetensors(path)
+    assert str(path) in str(error.value) and "\n" not in str(error.value)

@@ -132,7 +132,7 @@ def test_gguf_bad_input(tmp_path, tiny_tokenizer_dir):
     write_gguf(tmp_path / "tiny.gguf", tiny_tokenizer_dir)
     data = (tmp_path / "tiny.gguf").read_bytes()
     (tmp_path / "cut.gguf").write_bytes(data[: len(data) // 2])
-    with pytest.raises(MlxsmallError, match="cut.gguf: cannot read GGUF"):
+    with pytest.raises(MlxsmallError, match="cut.gguf: GGUF tensor .* past the end of the file"):
         convert_gguf(tmp_path / "cut.gguf", tmp_path / "out")
     (tmp_path / "junk.gguf").write_bytes(b"not a gguf file at all")
     with pytest.raises(MlxsmallError, match="junk.gguf: not a GGUF file"):
@@ -146,3 +146,40 @@ def test_cli_convert_gguf(tmp_path, tiny_tokenizer_dir):
     write_gguf(tmp_path / "tiny.gguf", tiny_tokenizer_dir)
     assert main(["convert", str(tmp_path / "tiny.gguf"), "-o", str(tmp_path / "out"), "--dtype", "float32"]) == 0
     assert "quantization" not in json.loads((tmp_path / "out" / "config.json").read_text())
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("llama.block_count", mx.array(2**31 - 1, dtype=mx.uint32), "blk.2.attn_q.weight is missing"),
+    ("llama.attention.head_count", mx.array(0, dtype=mx.uint32), "head_count = 0 is not a positive integer"),
+    ("llama.attention.head_count", mx.array(3, dtype=mx.uint32), "head_count_kv = 2 is not a divisor of head_count 3"),
+    ("tokenizer.ggml.tokens", mx.arange(10, dtype=mx.int32), "tokenizer.ggml.tokens = array is not a list of strings"),
+    ("tokenizer.ggml.merges", ["zz zz"], "tokenizer.ggml.merges = 'zz zz' is not a merge of two tokens"),
+    ("general.alignment", mx.array(0, dtype=mx.uint32), "general.alignment must be a nonzero power of two"),
+])
+def test_lying_metadata_is_one_line(tmp_path, tiny_tokenizer_dir, monkeypatch, key, value, message):
+    save = mx.save_gguf
+
+    def save_edited(path, arrays, metadata):
+        save(path, arrays, {**metadata, key: value})
+
+    monkeypatch.setattr(mx, "save_gguf", save_edited)
+    write_gguf(tmp_path / "tiny.gguf", tiny_tokenizer_dir)
+    with pytest.raises(MlxsmallError, match=message) as error:
+        convert_gguf(tmp_path / "tiny.gguf", tmp_path / "out")
+    assert "tiny.gguf" in str(error.value) and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("offset, value, message", [
+    (16, 0, "GGUF tensor"),  # metadata count 0: the metadata is read as tensor infos
+    (8, 1000, "GGUF tensor .* dims|exceed the file size|runs past the end"),
+    (8, 2**63, "exceed the file size"),
+    (4, 7, "version 7 is not supported"),
+])
+def test_header_field_edits_are_refused_before_mlx(tmp_path, tiny_tokenizer_dir, offset, value, message):
+    write_gguf(tmp_path / "tiny.gguf", tiny_tokenizer_dir)
+    data = bytearray((tmp_path / "tiny.gguf").read_bytes())
+    size = 4 if offset == 4 else 8
+    data[offset:offset + size] = value.to_bytes(size, "little")
+    (tmp_path / "tiny.gguf").write_bytes(bytes(data))
+    with pytest.raises(MlxsmallError, match=message):
+        convert_gguf(tmp_path / "tiny.gguf", tmp_path / "out")

@@ -118,3 +118,56 @@ def test_identical_views_share_one_array(tmp_path):
     tensors = load_torch_bin(tmp_path / "m.bin")
     assert len({id(t) for t in tensors.values()}) == 1
     np.testing.assert_array_equal(np.array(tensors["model.layers.21.mlp.up_proj.weight"]), shared.numpy())
+
+
+def _archive(path, pickled, members):
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("archive/data.pkl", pickled)
+        for name, data in members.items():
+            archive.writestr(name, data)
+
+
+def test_flipped_bit_in_a_storage_fails_the_crc(tmp_path):
+    path = tmp_path / "pytorch_model.bin"
+    torch.save({"w": torch.arange(4096, dtype=torch.float32)}, path)
+    data = bytearray(path.read_bytes())
+    data[data.index(np.arange(4096, dtype=np.float32)[1000:1002].tobytes())] ^= 0x10
+    path.write_bytes(bytes(data))
+    with pytest.raises(MlxsmallError, match="fails its CRC-32 check"):
+        load_torch_bin(path)
+
+
+@pytest.mark.parametrize("pickled, message", [
+    (b"\x80\x02}r" + (2**31 - 1).to_bytes(4, "little") + b".", "memo index 2147483647"),
+    (b"\x80\x04\x8e" + (2**62).to_bytes(8, "little") + b"abc.", "not a valid pickle"),
+    (b"\x80\x02}X\x01\x00\x00\x00wctorch._utils\n_rebuild_tensor_v2\n((X\x07\x00\x00\x00storagectorch\nFloatStorage\n"
+     b"X\x01\x00\x00\x000X\x03\x00\x00\x00cpuK\x10tQK\x00J\x00\x00\x10\x00J\x00\x00\x10\x00\x86K\x00K\x00\x86\x89"
+     b"ccollections\nOrderedDict\n)RtRs.", "does not fit its storage"),
+])
+def test_hostile_pickles_are_refused_before_allocating(tmp_path, pickled, message):
+    path = tmp_path / "pytorch_model.bin"
+    _archive(path, pickled, {"archive/data/0": bytes(64)})
+    with pytest.raises(MlxsmallError, match=message):
+        load_torch_bin(path)
+
+
+def test_encrypted_unknown_method_and_bomb_members(tmp_path):
+    path = tmp_path / "pytorch_model.bin"
+    torch.save({"w": torch.zeros(4)}, path)
+    data = path.read_bytes()
+    central = data.index(b"PK\x01\x02")
+    encrypted = bytearray(data)
+    encrypted[central + 8] |= 1
+    (tmp_path / "enc.bin").write_bytes(bytes(encrypted))
+    with pytest.raises(MlxsmallError, match="is encrypted"):
+        load_torch_bin(tmp_path / "enc.bin")
+    method = bytearray(data)
+    method[central + 10:central + 12] = (93).to_bytes(2, "little")
+    (tmp_path / "zstd.bin").write_bytes(bytes(method))
+    with pytest.raises(MlxsmallError, match="compression method 93"):
+        load_torch_bin(tmp_path / "zstd.bin")
+    with zipfile.ZipFile(tmp_path / "bomb.bin", "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("archive/data.pkl", pickle.dumps({}))
+        archive.writestr("archive/data/0", bytes(256 << 20))
+    with pytest.raises(MlxsmallError, match="decompression bomb"):
+        load_torch_bin(tmp_path / "bomb.bin")
