@@ -40,7 +40,7 @@ def build_parser():
     parser.add_argument("--version", action="version", version=f"mlxsmall {__version__}")
     parser.add_argument("--debug", action="store_true",
                         help="show the full traceback of an unexpected error (also MLXSMALL_DEBUG=1)")
-    subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")
+    subparsers = parser.add_subparsers(title="commands", metavar="COMMAND", dest="command")
     for name in COMMANDS:
         module_name = f"mlxsmall.commands.{name}"
         if importlib.util.find_spec(module_name) is None:
@@ -50,13 +50,13 @@ def build_parser():
 
 
 def main(argv=None):
-    if argv is None:
-        keep_torch_out()
     parser = build_parser()
     args = parser.parse_args(argv)
     if not hasattr(args, "func"):
         parser.print_help()
         return 0
+    if argv is None and args.command in TORCH_FREE_COMMANDS:
+        keep_torch_out()
     debug = args.debug or os.environ.get("MLXSMALL_DEBUG", "") not in ("", "0")
     try:
         return args.func(args) or 0
@@ -87,6 +87,11 @@ def describe_unexpected(error: BaseException) -> str:
     if len(what) > 300:
         what = what[:297] + "..."
     return f"{what} ({type(error).__name__})"
+
+
+# Commands whose libraries all cope with torch looking absent. Not eval/bench/finetune/...:
+# scipy (through rouge and the metrics) probes sys.modules["torch"] and fails on None.
+TORCH_FREE_COMMANDS = {"generate", "chat", "info", "models", "convert", "quantize", "export", "fuse"}
 
 
 def keep_torch_out():

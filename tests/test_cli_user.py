@@ -219,3 +219,12 @@ def test_unexpected_error_is_one_line_with_debug_traceback(monkeypatch, capsys):
     monkeypatch.setenv("MLXSMALL_DEBUG", "1")
     assert main(["models"]) == 2
     assert "Traceback" in capsys.readouterr().err
+
+
+def test_eval_runs_from_the_program(make_tiny_model, env, tmp_path):
+    """eval pulls scipy (rouge, metrics), which probes sys.modules["torch"]: the program must
+    not hide torch there (it crashed with "'NoneType' object has no attribute 'Tensor'")."""
+    path = make_tiny_model("llama")
+    result = mlxsmall("eval", path, "--tasks", "summarization", "--limit", "1", "-o", tmp_path / "e.json",
+                      env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
