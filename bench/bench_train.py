@@ -112,7 +112,8 @@ def main():
     args = parser.parse_args()
     args.scratch = Path(tempfile.mkdtemp(prefix="bench_train."))
 
-    from mlxsmall.loading import load_tokenizer, resolve_model_path
+    from mlxsmall.hub import resolve_model_path
+    from mlxsmall.loading import load_tokenizer
 
     if args.model:
         model_dir = resolve_model_path(args.model)

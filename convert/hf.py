@@ -17,7 +17,7 @@ import mlx.core as mx
 from mlxsmall.atomic import work_directory
 from mlxsmall.errors import MlxsmallError
 
-from .safetensors_io import load_safetensors_checkpoint, safetensors_files
+from mlxsmall.safetensors_io import load_safetensors_checkpoint, safetensors_files
 from .torch_bin import load_torch_bin_checkpoint
 
 SUPPORTED = (

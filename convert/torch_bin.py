@@ -355,6 +355,6 @@ def load_torch_bin_checkpoint(directory) -> dict:
 
 
 def _shards_from_index(index: Path) -> list:
-    from mlxsmall.convert.safetensors_io import shard_names
+    from mlxsmall.safetensors_io import shard_names
 
     return shard_names(index)

@@ -46,7 +46,7 @@ def read_json(path: Path, required: bool = True):
 
 def read_checkpoint(directory: Path) -> dict:
     """All tensors of a HF checkpoint directory: safetensors first, else pytorch_model.bin (no torch)."""
-    from .safetensors_io import load_safetensors_checkpoint, safetensors_files
+    from mlxsmall.safetensors_io import load_safetensors_checkpoint, safetensors_files
 
     if safetensors_files(directory):
         return load_safetensors_checkpoint(directory)
@@ -58,15 +58,11 @@ def read_checkpoint(directory: Path) -> dict:
 
 
 def checkpoint_dir(src) -> Path:
-    """A local directory for a path or a Hugging Face repo id (downloaded through the shared hub code)."""
+    """The local checkpoint directory (the resolver, `mlxsmall.hub.checkpoint_dir`, downloads repo ids)."""
     path = Path(src).expanduser()
     if path.is_dir():
         return path
-    from mlxsmall.hub import download, looks_like_repo_id
-
-    if looks_like_repo_id(str(src)):
-        return download(str(src))
-    raise MlxsmallError(f"{src}: no such checkpoint directory (or Hugging Face repo id)")
+    raise MlxsmallError(f"{src}: no such checkpoint directory")
 
 
 def vision_config_from_hf(config: dict, preprocessor: dict | None, source: str) -> dict:
@@ -110,10 +106,10 @@ def prefixed_quantization(block: dict, prefix: str) -> dict:
 def build_vlm(vision_src, lm_src, dst, *, projector_type: str = "mlp2x_gelu", pool_stride: int = 2,
               feature_layer: int = -2, seed: int = 0, overwrite: bool = False) -> Path:
     """Assemble vision tower + projector (random init) + our LM into a VLM directory at ``dst``."""
-    from mlxsmall.loading import load_model, read_config, resolve_model_path
+    from mlxsmall.loading import load_model, read_config
     from mlxsmall.vlm import build_vlm_model, save_vlm, vlm_config
 
-    lm_dir = resolve_model_path(lm_src)
+    lm_dir = checkpoint_dir(lm_src)
     language_model, text_config = load_model(lm_dir)
     vision_config, vision_weights = load_vision_tower(vision_src)
     text_config = {k: v for k, v in text_config.items() if k not in ("quantization", "quantization_config")}

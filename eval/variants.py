@@ -83,7 +83,8 @@ def load_variant(variant: Variant, *, dequantize_after: bool = False) -> Tuple[o
     """
     import mlx.core as mx
 
-    from mlxsmall.loading import load_model, load_tokenizer, prepare_weights, resolve_model_path, run_settings
+    from mlxsmall.hub import resolve_model_path
+    from mlxsmall.loading import load_model, load_tokenizer, prepare_weights, run_settings
     from mlxsmall.quantize import bits_per_weight, quantize_checkpoint
 
     model_dir = resolve_model_path(variant.model)

@@ -16,7 +16,7 @@ __all__ = ["load", "generate", "stream_generate", "__version__"]
 def __getattr__(name):
     # Lazy so that `import mlxsmall.models` stays light and never pulls the CLI.
     if name == "load":
-        from .loading import load
+        from .hub import load
 
         return load
     if name in ("generate", "stream_generate"):

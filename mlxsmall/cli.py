@@ -58,6 +58,9 @@ def main(argv=None):
     if argv is None and args.command in TORCH_FREE_COMMANDS:
         keep_torch_out()
     debug = args.debug or os.environ.get("MLXSMALL_DEBUG", "") not in ("", "0")
+    from . import events
+
+    unsubscribe = events.subscribe(print_progress)
     try:
         return args.func(args) or 0
     except MlxsmallError as error:
@@ -74,6 +77,14 @@ def main(argv=None):
         hint = "" if debug else "; --debug shows the traceback"
         print(f"mlxsmall: error: {describe_unexpected(error)}{hint}", file=sys.stderr)
         return 2
+    finally:
+        unsubscribe()
+
+
+def print_progress(event) -> None:
+    """The library reports downloads and conversions as "progress" events; the program shows them."""
+    if event.kind == "progress":
+        print(f"mlxsmall: {event.get('message')}", file=sys.stderr, flush=True)
 
 
 def describe_unexpected(error: BaseException) -> str:

@@ -1,4 +1,9 @@
-"""Names -> converted model directories: aliases, Hugging Face repo ids, GGUF files, the default.
+"""The resolver: a name -> download -> convert -> cache -> load, one way down the layers.
+
+Names are aliases, Hugging Face repo ids, GGUF files or directories; `load(name)` returns
+``(model, tokenizer)``, `resolve_model_path(name)` the converted directory. It sits above
+convert/ and the format layer (`mlxsmall.loading`), which never call back up here. Progress
+is published as "progress" events (the CLI prints them; library users may subscribe).
 
 `resolve_model("mobillama-q4")` downloads only the files conversion needs (huggingface_hub:
 progress bars, resumable, shared HF cache), converts and quantizes into
@@ -12,12 +17,10 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
-import sys
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Union
 
-from . import registry
+from . import events, registry
 from .errors import MlxsmallError
 from .registry import ModelEntry
 
@@ -37,24 +40,9 @@ NO_DEFAULT_HINT = (
 
 
 def log(message: str) -> None:
-    print(f"mlxsmall: {message}", file=sys.stderr, flush=True)
-
-
-@contextmanager
-def conversion_status(log: Callable[[str], None]):
-    """On a terminal, a rich spinner that shows the latest step; elsewhere, plain log lines."""
-    from rich.console import Console
-
-    console = Console(stderr=True)
-    if log is not globals()["log"] or not console.is_terminal:
-        yield log
-        return
-    with console.status("converting") as status:
-        def update(message):
-            console.print(f"mlxsmall: {message}", highlight=False)
-            status.update(message)
-
-        yield update
+    """Progress of downloads and conversions, as a "progress" event: the CLI prints it, the
+    dashboard shows it, a library user subscribes to it (or not)."""
+    events.publish("progress", message=message)
 
 
 def models_dir() -> Path:
@@ -159,28 +147,63 @@ def ensure_converted(entry: ModelEntry, *, log: Callable[[str], None] = log) -> 
     if existing is not None:
         return existing
     dst = models_dir() / entry.cache_name
+    return _finish(lambda update: convert_entry(entry, dst, dtype=entry.dtype, bits=entry.bits,
+                                                group_size=entry.group_size, chat_template=entry.chat_template,
+                                                overwrite=True, log=update, once=True), dst, log)
+
+
+def convert_entry(entry: ModelEntry, dst, *, dtype=None, bits=None, group_size=None, chat_template=None,
+                  shared_ffn=None, overwrite=False, log: Callable[[str], None] = log, once=False) -> Path:
+    """Convert a registry entry (a pip-shipped GGUF or a Hugging Face repo, downloaded) into ``dst``."""
+    suffix = " (once)" if once else ""
     if entry.repo.startswith("pip:"):
-        package, filename = entry.repo[len("pip:"):].split("/", 1)
         from .convert.gguf import convert_gguf
 
-        source = find_pip_gguf(package, filename)
-        log(f"converting {source.name} into {dst} (once)")
-        return _finish(lambda update: convert_gguf(source, dst, dtype=entry.dtype, bits=entry.bits,
-                                                   group_size=entry.group_size, overwrite=True, log=update),
-                       dst, log)
+        source = find_pip_gguf(*entry.repo[len("pip:"):].split("/", 1))
+        log(f"converting {source.name} into {dst}{suffix}")
+        return convert_gguf(source, dst, dtype=dtype, bits=bits, group_size=group_size or 32,
+                            overwrite=overwrite, log=log)
     from .convert.hf import convert_hf
 
     source = download(entry.repo, log=log)
-    log(f"converting {entry.repo} into {dst} (once)")
-    return _finish(lambda update: convert_hf(source, dst, dtype=entry.dtype, bits=entry.bits,
-                                             group_size=entry.group_size, chat_template=entry.chat_template,
-                                             overwrite=True, log=update), dst, log)
+    log(f"converting {entry.repo} into {dst}{suffix}")
+    return convert_hf(source, dst, dtype=dtype, bits=bits, group_size=group_size or 64,
+                      chat_template=chat_template, shared_ffn=shared_ffn, overwrite=overwrite, log=log)
+
+
+def convert_model(source: str, dst, *, dtype=None, bits=None, group_size=None, chat_template="auto",
+                  tokenizer_dir=None, shared_ffn=None, overwrite=False,
+                  log: Callable[[str], None] = log) -> Path:
+    """`mlxsmall convert`: a GGUF file, a HF checkpoint directory, an alias or a repo id into ``dst``.
+    With no precision asked, an alias keeps its own (mobillama-q4: 4-bit) - decided here only."""
+    path = Path(source).expanduser()
+    if path.suffix == ".gguf" and path.is_file():
+        from .convert.gguf import convert_gguf
+
+        return convert_gguf(path, dst, dtype=dtype, bits=bits, group_size=group_size or 32,
+                            tokenizer_dir=tokenizer_dir, overwrite=overwrite, log=log)
+    if path.is_file():
+        raise MlxsmallError(f"{path}: a file; pass its checkpoint directory (with config.json) or a .gguf file")
+    if path.is_dir():
+        from .convert.hf import convert_hf
+
+        return convert_hf(path, dst, dtype=dtype, bits=bits, group_size=group_size or 64,
+                          chat_template=chat_template, shared_ffn=shared_ffn, overwrite=overwrite, log=log)
+    check_name(source)
+    entry = registry.lookup(source) or registry.by_repo(source)
+    if entry is None:
+        entry = ModelEntry(alias=source, repo=source, architecture="auto", chat_template=None)
+    elif bits is None and dtype is None:
+        dtype, bits, group_size = entry.dtype, entry.bits, group_size or entry.group_size
+    if chat_template == "auto":
+        chat_template = entry.chat_template if entry.chat_template != "gguf" else None
+    return convert_entry(entry, dst, dtype=dtype, bits=bits, group_size=group_size, chat_template=chat_template,
+                         shared_ffn=shared_ffn, overwrite=overwrite, log=log)
 
 
 def _finish(convert: Callable[[Callable[[str], None]], Path], dst: Path, log: Callable[[str], None]) -> Path:
     try:
-        with conversion_status(log) as update:
-            return convert(update)
+        return convert(log)
     except MlxsmallError:
         # Another process may have finished the same conversion meanwhile.
         if (dst / "config.json").is_file():
@@ -272,3 +295,75 @@ def _from_local_cache(repo: str, reason: str) -> Path:
     if not ((folder / "config.json").is_file() and has_weights):
         raise MlxsmallError(_offline_message(repo, reason + "; the local copy is incomplete"))
     return folder
+
+
+def checkpoint_dir(src) -> Path:
+    """A local directory for a checkpoint path or a Hugging Face repo id (downloaded)."""
+    path = Path(src).expanduser()
+    if path.is_dir():
+        return path
+    if looks_like_repo_id(str(src)):
+        return download(str(src))
+    raise MlxsmallError(f"{src}: no such checkpoint directory (or Hugging Face repo id)")
+
+
+# --------------------------------------------------------------------------- loading by name
+
+
+def resolve_model_path(path_or_alias: Union[str, Path]) -> Path:
+    """A local model directory for a path, an alias (``mlxsmall models``), a HF repo id
+    or a GGUF file (converted once into the cache)."""
+    path = Path(path_or_alias).expanduser()
+    if path.is_dir():
+        return path
+    return resolve_model(str(path_or_alias))
+
+
+def load(
+    path_or_alias: Optional[Union[str, Path]] = None,
+    *,
+    dtype: Optional[str] = "auto",
+    dequantize: Optional[bool] = None,
+):
+    """Load ``(model, tokenizer)`` from a directory, alias or HF repo id (none: the offline
+    default model, SmolLM2-135M-Instruct, converted into the cache on first use).
+
+    Defaults follow the hardware: on CPU, quantized and half-precision models
+    run as fp32 (MLX's CPU quantized and bf16 kernels are several times slower
+    than its OpenBLAS fp32 path); elsewhere the stored format is kept.
+    ``dtype=None`` and ``dequantize=False`` keep the weights exactly as stored.
+    """
+    from .loading import load_model, load_tokenizer, run_settings
+
+    if path_or_alias is None:
+        model_dir = default_model_path()
+    else:
+        model_dir = resolve_model_path(path_or_alias)
+    dtype, dequantize = run_settings(dtype, dequantize)
+    if dtype == "float32" and dequantize:
+        model = load_fp32_cached(model_dir)
+    else:
+        model, _ = load_model(model_dir, dtype=dtype, dequantize=dequantize)
+    return model, load_tokenizer(model_dir)
+
+
+def load_fp32_cached(model_dir: Path):
+    """The model as fp32, from the fp32 copy the cache keeps of its quantized models
+    (``cpu_fp32_path``), written on first use; other models are dequantized as they load."""
+    from .loading import load_model, read_config, save_model
+
+    config = read_config(model_dir)
+    fp32_dir = cpu_fp32_path(model_dir) if config.get("quantization") else None
+    if fp32_dir is None:
+        return load_model(model_dir, dtype="float32", dequantize=True)[0]
+    source_time = (Path(model_dir) / "config.json").stat().st_mtime
+    fp32_config = fp32_dir / "config.json"
+    if fp32_config.is_file() and fp32_config.stat().st_mtime >= source_time:
+        return load_model(fp32_dir, dtype="float32")[0]
+    model, config = load_model(model_dir, dtype="float32", dequantize=True)
+    dense = {k: v for k, v in config.items() if k not in ("quantization", "quantization_config")}
+    try:
+        save_model(fp32_dir, model, dense, overwrite=True)
+    except MlxsmallError:
+        pass  # a full disk or a concurrent writer: the model is loaded anyway, it is only not kept
+    return model

@@ -21,7 +21,7 @@ from mlx_lm.utils import dequantize_model, load_model as mlx_lm_load_model, save
 from mlx_lm.utils import save_model as mlx_lm_save_weights
 
 from .atomic import atomic_directory
-from .convert.safetensors_io import read_header
+from .safetensors_io import read_header
 from .errors import MlxsmallError
 from .mlx_lm_model_file import add_model_file
 from .models import ARCHITECTURES, get_architecture
@@ -277,67 +277,6 @@ def running_on_cpu() -> bool:
     return mx.default_device() == mx.cpu
 
 
-def resolve_model_path(path_or_alias: Union[str, Path]) -> Path:
-    """A local model directory for a path, an alias (``mlxsmall models``), a HF repo id
-    or a GGUF file (converted once into the cache)."""
-    path = Path(path_or_alias).expanduser()
-    if path.is_dir():
-        return path
-    from . import hub
-
-    return hub.resolve_model(str(path_or_alias))
-
-
-def load(
-    path_or_alias: Optional[Union[str, Path]] = None,
-    *,
-    dtype: Optional[str] = "auto",
-    dequantize: Optional[bool] = None,
-):
-    """Load ``(model, tokenizer)`` from a directory, alias or HF repo id (none: the offline
-    default model, SmolLM2-135M-Instruct, converted into the cache on first use).
-
-    Defaults follow the hardware: on CPU, quantized and half-precision models
-    run as fp32 (MLX's CPU quantized and bf16 kernels are several times slower
-    than its OpenBLAS fp32 path); elsewhere the stored format is kept.
-    ``dtype=None`` and ``dequantize=False`` keep the weights exactly as stored.
-    """
-    if path_or_alias is None:
-        from .hub import default_model_path
-
-        model_dir = default_model_path()
-    else:
-        model_dir = resolve_model_path(path_or_alias)
-    dtype, dequantize = run_settings(dtype, dequantize)
-    if dtype == "float32" and dequantize:
-        model = load_fp32_cached(model_dir)
-    else:
-        model, _ = load_model(model_dir, dtype=dtype, dequantize=dequantize)
-    return model, load_tokenizer(model_dir)
-
-
-def load_fp32_cached(model_dir: Path) -> nn.Module:
-    """The model as fp32, from the fp32 copy the cache keeps of its quantized models
-    (``hub.cpu_fp32_path``), written on first use; other models are dequantized as they load."""
-    from .hub import cpu_fp32_path
-
-    config = read_config(model_dir)
-    fp32_dir = cpu_fp32_path(model_dir) if config.get("quantization") else None
-    if fp32_dir is None:
-        return load_model(model_dir, dtype="float32", dequantize=True)[0]
-    source_time = (Path(model_dir) / "config.json").stat().st_mtime
-    fp32_config = fp32_dir / "config.json"
-    if fp32_config.is_file() and fp32_config.stat().st_mtime >= source_time:
-        return load_model(fp32_dir, dtype="float32")[0]
-    model, config = load_model(model_dir, dtype="float32", dequantize=True)
-    dense = {k: v for k, v in config.items() if k not in ("quantization", "quantization_config")}
-    try:
-        save_model(fp32_dir, model, dense, overwrite=True)
-    except MlxsmallError:
-        pass  # a full disk or a concurrent writer: the model is loaded anyway, it is only not kept
-    return model
-
-
 # --------------------------------------------------------------------------- save
 
 
@@ -377,7 +316,6 @@ def weight_bytes(model: nn.Module) -> int:
 
 
 __all__ = [
-    "ARCHITECTURES", "build_model", "load", "load_model",
-    "load_tokenizer", "model_args", "read_config",
-    "resolve_model_path", "save_model", "weight_bytes",
+    "ARCHITECTURES", "build_model", "load_model",
+    "load_tokenizer", "model_args", "read_config", "save_model", "weight_bytes",
 ]

@@ -183,12 +183,14 @@ def load_vlm(path, *, dtype: Optional[str] = "auto", dequantize: Optional[bool] 
     Like ``mlxsmall.load``: on CPU, quantized / half-precision weights are run as fp32 by default."""
     from mlx_lm.utils import dequantize_model, load_model as mlx_lm_load_model
 
-    from .convert.safetensors_io import read_header
-    from .loading import (cast_floating, describe_weight_error, load_tokenizer, read_config, resolve_model_path,
-                          running_on_cpu, weight_files)
+    from .safetensors_io import read_header
+    from .loading import (cast_floating, describe_weight_error, load_tokenizer, read_config, running_on_cpu,
+                          weight_files)
     from .models import vlm
 
-    model_dir = resolve_model_path(path)
+    model_dir = Path(path).expanduser()
+    if not model_dir.is_dir():
+        raise MlxsmallError(f"{path}: no such vision-language model directory")
     config = read_config(model_dir)
     if not is_vlm_config(config):
         raise MlxsmallError(f"{model_dir / 'config.json'}: not a vision-language model "

@@ -7,7 +7,7 @@ import mlxsmall  # noqa: F401
 import mlx.core as mx
 import pytest
 
-from mlxsmall.convert.safetensors_io import load_safetensors, load_safetensors_checkpoint
+from mlxsmall.safetensors_io import load_safetensors, load_safetensors_checkpoint
 from mlxsmall.errors import MlxsmallError
 
 

@@ -26,7 +26,7 @@ RATE = re.compile(r"(\d+\.\d) tok/s")
 def expected_answer(model_dir, prompt, max_tokens):
     """The greedy answer the dashboard's chat mode gives (same session, same loop)."""
     from mlxsmall.chat import ChatSession
-    from mlxsmall.loading import load
+    from mlxsmall.hub import load
 
     model, tokenizer = load(model_dir)
     session = ChatSession(model, tokenizer, max_tokens=max_tokens, context_length=max(2048, max_tokens + 1024))

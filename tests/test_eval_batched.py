@@ -33,7 +33,7 @@ def assert_same(batched, documents, model, **kwargs):
     ("mobillama", {}),
 ])
 def test_batched_scores_equal_one_request_at_a_time(make_tiny_model, arch, overrides):
-    from mlxsmall.loading import load
+    from mlxsmall.hub import load
 
     model, tokenizer = load(make_tiny_model(arch, **overrides))
     documents = sample_documents(tokenizer)
@@ -46,7 +46,7 @@ def test_batched_scores_equal_one_request_at_a_time(make_tiny_model, arch, overr
 
 
 def test_models_without_a_plain_kv_cache_and_long_documents_fall_back(make_tiny_model):
-    from mlxsmall.loading import load
+    from mlxsmall.hub import load
 
     model, tokenizer = load(make_tiny_model("llama"))
 
@@ -67,7 +67,7 @@ def test_models_without_a_plain_kv_cache_and_long_documents_fall_back(make_tiny_
 
 
 def test_progress_counts_choices(make_tiny_model):
-    from mlxsmall.loading import load
+    from mlxsmall.hub import load
 
     model, tokenizer = load(make_tiny_model("llama"))
     documents = sample_documents(tokenizer, per_task=1)

@@ -86,7 +86,7 @@ def test_alias_downloads_converts_and_caches(cache, fake_hub, monkeypatch):
     monkeypatch.setattr(huggingface_hub, "snapshot_download", no_network)
     monkeypatch.setattr(huggingface_hub, "model_info", no_network)
     assert hub.resolve_model("mobillama-q4", log=lambda m: None) == path
-    from mlxsmall.loading import resolve_model_path
+    from mlxsmall.hub import resolve_model_path
 
     assert resolve_model_path("mobillama-q4") == path
 
@@ -210,15 +210,15 @@ def test_cpu_default_keeps_an_fp32_copy_of_cached_quantized_models(cache, make_t
     cached = make_tiny_model("llama", path=hub.models_dir() / "tiny-q4g32", bits=4)
     elsewhere = make_tiny_model("llama", bits=4)
     expected, _ = load_model(cached, dtype="float32", dequantize=True)
-    first, _ = loading.load(cached)
+    first, _ = hub.load(cached)
     fp32_dir = cache / "tiny-q4g32.fp32"
     assert "quantization" not in json.loads((fp32_dir / "config.json").read_text())
     real_dequantize = loading.dequantize_model
     monkeypatch.setattr(loading, "dequantize_model", lambda model: pytest.fail("dequantized again"))
-    second, _ = loading.load(cached)  # from the fp32 copy
+    second, _ = hub.load(cached)  # from the fp32 copy
     for model in (first, second):
         for (name, want), (_, got) in zip(tree_flatten(expected.parameters()), tree_flatten(model.parameters())):
             assert got.dtype == mx.float32 and mx.array_equal(want, got).item(), name
     monkeypatch.setattr(loading, "dequantize_model", real_dequantize)
-    loading.load(elsewhere)  # a directory outside the cache is never copied
+    hub.load(elsewhere)  # a directory outside the cache is never copied
     assert not elsewhere.with_name(elsewhere.name + ".fp32").exists()

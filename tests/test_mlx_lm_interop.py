@@ -21,7 +21,8 @@ import numpy as np
 import pytest
 
 from mlxsmall.generation import stream_generate
-from mlxsmall.loading import build_model, load, load_model, save_model
+from mlxsmall.hub import load
+from mlxsmall.loading import build_model, load_model, save_model
 from mlxsmall.mlx_lm_model_file import (
     MODEL_FILE,
     check_no_late_shadowing,

@@ -12,7 +12,8 @@ import pytest
 from mlxsmall import events
 from mlxsmall.errors import MlxsmallError
 from mlxsmall.eval.variants import Variant, load_variant, parse_variant
-from mlxsmall.loading import load, running_on_cpu
+from mlxsmall.hub import load
+from mlxsmall.loading import running_on_cpu
 
 
 def run_cli(tmp_path, *args):

@@ -225,7 +225,7 @@ class DashboardApp(App):
     def _load_job(self):
         from mlxsmall.chat import ChatSession
         from mlxsmall.info import model_facts, weights_dtype
-        from mlxsmall.loading import load
+        from mlxsmall.hub import load
 
         model, tokenizer = load(self.model_path, dtype=self.dtype)
         facts = model_facts(self.model_path)

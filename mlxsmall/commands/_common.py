@@ -80,7 +80,7 @@ def sampling_kwargs(args) -> dict:
 
 def model_path(args):
     """The model directory for ``args.model`` (the offline default when not given)."""
-    from ..loading import resolve_model_path
+    from ..hub import resolve_model_path
 
     if args.model:
         return resolve_model_path(args.model)
@@ -91,7 +91,7 @@ def model_path(args):
 
 def load_for_run(args):
     """``(model, tokenizer, path)`` following --dtype."""
-    from ..loading import load
+    from ..hub import load
 
     path = model_path(args)
     if args.dtype == "stored":

@@ -1,7 +1,6 @@
 """mlxsmall convert: a Hugging Face checkpoint or GGUF file -> an mlxsmall model directory."""
 
 import argparse
-from pathlib import Path
 
 EPILOG = """\
 SOURCE can be
@@ -55,50 +54,11 @@ def _log(message):
 
 
 def run(args):
-    from .. import hub, registry
-    from ..convert.gguf import convert_gguf
-    from ..convert.hf import convert_hf
+    from ..hub import convert_model
 
-    source = Path(args.source).expanduser()
-    bits = args.bits if args.quantize else None
-    if source.suffix == ".gguf" and source.is_file():
-        convert_gguf(source, args.output, dtype=args.dtype, bits=bits, group_size=args.group_size or 32,
-                     tokenizer_dir=args.tokenizer, overwrite=args.force, log=_log)
-    else:
-        chat_template = None if args.chat_template == "none" else args.chat_template
-        if source.is_file():
-            from ..errors import MlxsmallError
-
-            raise MlxsmallError(f"{source}: a file; pass its checkpoint directory (with config.json) or a .gguf file")
-        if not source.is_dir():
-            entry = registry.lookup(args.source) or registry.by_repo(args.source)
-            repo = entry.repo if entry else args.source
-            if entry and entry.repo.startswith("pip:"):
-                package, filename = entry.repo[len("pip:"):].split("/", 1)
-                if not args.quantize and args.dtype is None:
-                    bits = entry.bits
-                return run_gguf_entry(hub.find_pip_gguf(package, filename), args, bits)
-            if not hub.looks_like_repo_id(repo):
-                from ..errors import MlxsmallError
-
-                raise MlxsmallError(f"{args.source}: no such directory or file, and not a repo id or alias")
-            if entry and chat_template == "auto":
-                chat_template = entry.chat_template if entry.chat_template != "gguf" else None
-            if entry and not args.quantize and args.dtype is None:
-                bits, args.dtype = entry.bits, entry.dtype  # the alias's precision (mobillama-q4: 4-bit)
-                args.group_size = args.group_size or entry.group_size
-            source = hub.download(repo, log=_log)
-        shared = {"auto": None, "yes": True, "no": False}[args.shared_ffn]
-        convert_hf(source, args.output, dtype=args.dtype, bits=bits, group_size=args.group_size or 64,
-                   chat_template=chat_template, shared_ffn=shared, overwrite=args.force, log=_log)
-    print(f"wrote {args.output}")
-    return 0
-
-
-def run_gguf_entry(path, args, bits):
-    from ..convert.gguf import convert_gguf
-
-    convert_gguf(path, args.output, dtype=args.dtype, bits=bits, group_size=args.group_size or 32,
-                 overwrite=args.force, log=_log)
+    convert_model(args.source, args.output, dtype=args.dtype, bits=args.bits if args.quantize else None,
+                  group_size=args.group_size, chat_template=None if args.chat_template == "none" else args.chat_template,
+                  tokenizer_dir=args.tokenizer, shared_ffn={"auto": None, "yes": True, "no": False}[args.shared_ffn],
+                  overwrite=args.force, log=_log)
     print(f"wrote {args.output}")
     return 0

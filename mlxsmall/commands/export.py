@@ -29,7 +29,7 @@ def register(subparsers):
 
 def run(args):
     from ..convert.export import export_hf
-    from ..loading import resolve_model_path
+    from ..hub import resolve_model_path
 
     source = resolve_model_path(args.model)
     export_hf(source, args.output, dtype=args.dtype, overwrite=args.force, log=print)

@@ -42,7 +42,8 @@ def run(args):
     output = Path(args.output).expanduser()
     if output.exists() and not args.force:  # before the seconds of loading, not after
         raise MlxsmallError(f"{output}: already exists (pass --force to replace it)")
-    from ..loading import load_model, resolve_model_path, save_model
+    from ..hub import resolve_model_path
+    from ..loading import load_model, save_model
     from ..quantize import bits_per_weight, quantize_checkpoint
     from ._common import printed_warnings
 

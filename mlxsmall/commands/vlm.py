@@ -201,9 +201,10 @@ def run_chat(args):
 
 def run_build(args):
     from ..convert.vlm import build_vlm
+    from ..hub import checkpoint_dir, resolve_model_path
 
     projector = {"mlp": "mlp2x_gelu", "pool": "pool_mlp2x_gelu"}[args.projector]
-    dst = build_vlm(args.vision, args.lm, args.output, projector_type=projector, pool_stride=args.pool_stride,
+    dst = build_vlm(checkpoint_dir(args.vision), resolve_model_path(args.lm), args.output, projector_type=projector, pool_stride=args.pool_stride,
                     feature_layer=args.feature_layer, seed=args.seed, overwrite=args.force)
     print(f"wrote {dst} (projector {projector}: untrained, run `mlxsmall vlm train {dst} --stage projector ...`)")
     return 0
@@ -211,8 +212,9 @@ def run_build(args):
 
 def run_convert(args):
     from ..convert.vlm import convert_llava
+    from ..hub import checkpoint_dir
 
-    print(f"wrote {convert_llava(args.source, args.output, overwrite=args.force)}")
+    print(f"wrote {convert_llava(checkpoint_dir(args.source), args.output, overwrite=args.force)}")
     return 0
 
 

@@ -14,7 +14,8 @@ from typing import Optional, Sequence
 import mlx.core as mx
 
 from ..errors import MlxsmallError
-from ..loading import load_model, load_tokenizer, read_config, resolve_model_path, save_model
+from ..hub import resolve_model_path
+from ..loading import load_model, load_tokenizer, read_config, save_model
 from ..quantize import is_quantized, quantize_model
 from . import adapters as adapter_lib
 from . import checkpoint as ckpt

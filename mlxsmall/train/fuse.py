@@ -4,7 +4,8 @@ from pathlib import Path
 from typing import Optional
 
 from ..errors import MlxsmallError
-from ..loading import load_model, resolve_model_path, save_model
+from ..hub import resolve_model_path
+from ..loading import load_model, save_model
 from ..quantize import is_quantized, quantize_model
 from .adapters import CONFIG_FILE, fuse_adapters, load_adapters, read_adapter_config
 

@@ -172,7 +172,8 @@ def pretrain(corpus: Sequence[str], tokenizer_spec: str, output_dir, settings: P
 
     loss_fn = cross_entropy_loss
     if settings.teacher:
-        from ..loading import load_model, resolve_model_path
+        from ..hub import resolve_model_path
+        from ..loading import load_model
 
         teacher, teacher_config = load_model(resolve_model_path(settings.teacher), dtype="float32",
                                              dequantize=True)
