@@ -20,7 +20,7 @@ from mlx.utils import tree_flatten
 from mlxsmall.atomic import atomic_directory
 from mlxsmall.errors import MlxsmallError
 
-from .tokenizer import COPIED_FILES
+from mlxsmall.convert.tokenizer import COPIED_FILES
 
 OUR_FIELDS = ("quantization", "quantization_config", "shared_ffn", "layer_sharing_kv", "model_file")
 HF_ARCHITECTURES = {

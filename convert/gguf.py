@@ -523,7 +523,7 @@ def write_gguf_sentencepiece(metadata: dict, dst: Path, source) -> None:
     """
     from sentencepiece import sentencepiece_model_pb2 as sp_model
 
-    from .tokenizer import convert_sentencepiece, set_chat_template
+    from mlxsmall.convert.tokenizer import convert_sentencepiece, set_chat_template
 
     tokens = _string_list(metadata, "tokenizer.ggml.tokens", source, required=True)
     scores = _value(metadata, "tokenizer.ggml.scores") or [0.0] * len(tokens)
@@ -589,7 +589,7 @@ def convert_gguf(
     from mlxsmall.loading import save_model
     from mlxsmall.quantize import quantize_model
 
-    from .tokenizer import COPIED_FILES
+    from mlxsmall.convert.tokenizer import COPIED_FILES
 
     path, dst = Path(path), Path(dst)
     if dst.exists() and not overwrite:

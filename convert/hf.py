@@ -18,7 +18,7 @@ from mlxsmall.atomic import work_directory
 from mlxsmall.errors import MlxsmallError
 
 from mlxsmall.safetensors_io import load_safetensors_checkpoint, safetensors_files
-from .torch_bin import load_torch_bin_checkpoint
+from mlxsmall.convert.torch_bin import load_torch_bin_checkpoint
 
 SUPPORTED = (
     "mobilellm (model_type 'mobilellm', MobileLLMForCausalLM), "
@@ -165,7 +165,7 @@ def build_converted_model(src: Path, *, shared_ffn: Optional[bool] = None, dtype
 
 def guess_chat_template(src: Path, upstream: dict) -> Optional[str]:
     """FastChat one_shot for a MobiLlama chat checkpoint whose tokenizer has no template; else None."""
-    from .tokenizer import _read_json
+    from mlxsmall.convert.tokenizer import _read_json
 
     name = f"{src.name} {upstream.get('_name_or_path', '')}".lower()
     has_template = (src / "chat_template.jinja").exists() or "chat_template" in _read_json(src / "tokenizer_config.json")
@@ -194,8 +194,8 @@ def convert_hf(
     from mlxsmall.loading import save_model
     from mlxsmall.quantize import quantize_model
 
-    from .chat_templates import STOP_STRINGS, get_template
-    from .tokenizer import write_tokenizer
+    from mlxsmall.convert.chat_templates import STOP_STRINGS, get_template
+    from mlxsmall.convert.tokenizer import write_tokenizer
 
     src, dst = Path(src), Path(dst)
     if not src.is_dir():

@@ -51,7 +51,7 @@ def read_checkpoint(directory: Path) -> dict:
     if safetensors_files(directory):
         return load_safetensors_checkpoint(directory)
     if (directory / "pytorch_model.bin").exists() or (directory / "pytorch_model.bin.index.json").exists():
-        from .torch_bin import load_torch_bin_checkpoint
+        from mlxsmall.convert.torch_bin import load_torch_bin_checkpoint
 
         return load_torch_bin_checkpoint(directory)
     raise MlxsmallError(f"{directory}: no *.safetensors or pytorch_model.bin weights")

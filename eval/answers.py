@@ -9,7 +9,7 @@ takes the text after the first colon and the inside of a code fence; see
 
 import re
 
-from .sql_suite import tokenize
+from mlxsmall.eval.sql_suite import tokenize
 
 FENCE = re.compile(r"```[ \t]*(?:sql|sqlite|SQL)?[ \t]*\n?(.*?)(?:```|$)", re.DOTALL)
 SQL_PREFIX = re.compile(r"\bSQL(?:\s+query)?\s*:", re.IGNORECASE)

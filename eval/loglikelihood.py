@@ -19,7 +19,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 import mlx.core as mx
 from mlx_lm.models.cache import BatchKVCache, KVCache, make_prompt_cache
 
-from . import metrics
+from mlxsmall.eval import metrics
 
 Request = Tuple[List[int], List[int]]  # (context ids, continuation ids)
 Score = Tuple[float, int, bool]  # (sum log p(continuation | context), tokens, continuation is greedy)

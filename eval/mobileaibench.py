@@ -35,7 +35,7 @@ from collections import Counter
 from dataclasses import replace
 from typing import Callable, Dict, List, Optional, Tuple
 
-from . import metrics
+from mlxsmall.eval import metrics
 
 NAME = "mobileaibench"
 

@@ -10,7 +10,7 @@ cnn_dailymail, xsum); every other task keeps the default protocol.
 
 from typing import Iterator, Sequence
 
-from . import mobileaibench
+from mlxsmall.eval import mobileaibench
 
 PROTOCOLS = ("default", mobileaibench.NAME, "both")
 

@@ -9,7 +9,7 @@ import math
 from pathlib import Path
 from typing import List, Optional, Sequence
 
-from ..atomic import atomic_path, write_text_atomic
+from mlxsmall.atomic import atomic_path, write_text_atomic
 
 # Metrics where lower is better, so a reader of the table knows which way is good.
 LOWER_IS_BETTER = {"perplexity", "word_perplexity", "bits_per_byte", "over_refusal_rate"}

@@ -14,10 +14,10 @@ from typing import Callable, Dict, List, Optional, Sequence
 from mlxsmall import events
 from mlxsmall.errors import MlxsmallError
 
-from . import metrics
-from .loglikelihood import encode_pair, score_documents
-from .protocols import PROTOCOLS, with_protocols
-from .tasks import (GenerationTask, MultipleChoiceTask, PerplexityTask, SafetyTask, SkipItem, Task, fewshot_docs, is_refusal,
+from mlxsmall.eval import metrics
+from mlxsmall.eval.loglikelihood import encode_pair, score_documents
+from mlxsmall.eval.protocols import PROTOCOLS, with_protocols
+from mlxsmall.eval.tasks import (GenerationTask, MultipleChoiceTask, PerplexityTask, SafetyTask, SkipItem, Task, fewshot_docs, is_refusal,
                     load_docs)
 
 Progress = Callable[[str, int, int], None]  # (task name, units just done, total units)
@@ -340,7 +340,7 @@ def evaluate_variants(variants, tasks: Sequence[Task], options: EvalOptions, *, 
 
     from mlxsmall.loading import running_on_cpu
 
-    from .variants import load_variant, nominal_bits
+    from mlxsmall.eval.variants import load_variant, nominal_bits
 
     runs = []
     for variant in variants:

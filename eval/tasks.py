@@ -15,8 +15,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from mlxsmall.errors import MlxsmallError
 
-from . import data_files, metrics, sql_suite
-from .answers import extract_answer, extract_sql, extract_summary
+from mlxsmall.eval import data_files, metrics, sql_suite
+from mlxsmall.eval.answers import extract_answer, extract_sql, extract_summary
 
 DATA_DIR = Path(__file__).parent / "data"
 

@@ -24,8 +24,8 @@ import mlx.core as mx
 
 from mlxsmall.errors import MlxsmallError
 
-from .runner import register_evaluator
-from .tasks import DATA_DIR, HubSource, Task, register_task
+from mlxsmall.eval.runner import register_evaluator
+from mlxsmall.eval.tasks import DATA_DIR, HubSource, Task, register_task
 
 SHORT_ANSWER = "Answer the question using a single word or phrase."  # LLaVA-1.5's VQA prompt
 GROUP = "vqa"

@@ -70,16 +70,28 @@ def read_source(name: str) -> str:
 
 
 def relative_imports(tree: ast.Module):
-    """Every top-level ``from . import m`` / ``from .m import a`` (ImportFrom nodes)."""
+    """Every top-level import of a sibling model module: ``from mlxsmall.models import m``,
+    ``from mlxsmall.models.m import a`` (or their relative spellings)."""
     for node in tree.body:
-        if isinstance(node, ast.ImportFrom) and node.level:
+        if isinstance(node, ast.ImportFrom) and (node.level or is_models_module(node.module)):
             yield node
+
+
+def is_models_module(module) -> bool:
+    return module == "mlxsmall.models" or (module or "").startswith("mlxsmall.models.")
+
+
+def sibling(node: ast.ImportFrom):
+    """The sibling module a ``from ... import`` names (None: the package itself, ``from . import m``)."""
+    if node.level:
+        return node.module
+    return None if node.module == "mlxsmall.models" else node.module[len("mlxsmall.models."):]
 
 
 def dependencies(name: str) -> list:
     deps = []
     for node in relative_imports(ast.parse(read_source(name))):
-        deps += [node.module] if node.module else [alias.name for alias in node.names]
+        deps += [sibling(node)] if sibling(node) else [alias.name for alias in node.names]
     return deps
 
 
@@ -95,7 +107,8 @@ def dependency_order(name: str, seen=None) -> list:
 def inline_relative_imports(source: str, tree: ast.Module, name: str) -> str:
     lines = source.splitlines(keepends=True)
     for node in tree.body:
-        if isinstance(node, ast.Import) or (isinstance(node, ast.ImportFrom) and not node.level):
+        if isinstance(node, ast.Import) or (isinstance(node, ast.ImportFrom) and not node.level
+                                            and not is_models_module(node.module)):
             modules = [node.module] if isinstance(node, ast.ImportFrom) else [a.name for a in node.names]
             if any(m.split(".")[0] not in STANDALONE_IMPORTS for m in modules):
                 # The file stands alone: it can import only what mlx-lm itself needs.
@@ -104,8 +117,8 @@ def inline_relative_imports(source: str, tree: ast.Module, name: str) -> str:
             if isinstance(node, ast.ImportFrom) and node.module == "__future__":
                 raise ValueError(f"models/{name}.py:{node.lineno}: __future__ imports cannot be inlined")
     for node in sorted(relative_imports(tree), key=lambda n: n.lineno, reverse=True):
-        if node.module:  # from .m import a as b  ->  b = m.a
-            replacement = "".join(f"{a.asname or a.name} = {node.module}.{a.name}\n" for a in node.names)
+        if sibling(node):  # from .m import a as b  ->  b = m.a
+            replacement = "".join(f"{a.asname or a.name} = {sibling(node)}.{a.name}\n" for a in node.names)
         else:  # from . import m  ->  the namespace bound above
             replacement = "".join(f"{a.asname} = {a.name}\n" for a in node.names if a.asname)
             replacement = replacement or f"# {ast.get_source_segment(source, node)} (inlined above)\n"
@@ -129,9 +142,11 @@ def top_level_bindings(tree: ast.Module, name: str = "") -> dict:
             for a in node.names:
                 bindings[a.asname or a.name.split(".")[0]] = ("import", a.name)
         elif isinstance(node, ast.ImportFrom):
+            local = node.level or is_models_module(node.module)
             for a in node.names:
-                source = ("relative", node.module or a.name, None if node.module is None else a.name)
-                bindings[a.asname or a.name] = source if node.level else ("import", node.module, a.name)
+                module = sibling(node) if local else node.module
+                source = ("relative", module or a.name, None if module is None else a.name)
+                bindings[a.asname or a.name] = source if local else ("import", node.module, a.name)
     return bindings
 
 

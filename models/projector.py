@@ -10,7 +10,7 @@ import math
 
 import mlx.nn as nn
 
-from .vision import ACTIVATIONS
+from mlxsmall.models.vision import ACTIVATIONS
 
 PROJECTOR_TYPES = ("mlp2x_gelu", "pool_mlp2x_gelu")
 

@@ -8,7 +8,7 @@ memory and power; a bench view sweeps quantization levels. The library never imp
 def __getattr__(name):
     # Lazy: importing the package must not pull Textual in until the app is wanted.
     if name in ("DashboardApp", "run_dashboard"):
-        from . import app
+        from mlxsmall.tui import app
 
         return getattr(app, name)
     raise AttributeError(f"module 'mlxsmall.tui' has no attribute {name!r}")

@@ -30,9 +30,9 @@ from mlxsmall.measure import (
 )
 
 from mlxsmall.measure import sweep as bench_lib
-from .metrics import DashboardMetrics
-from .widgets import BenchView, ChatLog, MemoryPowerPanel, ModelPanel, SpeedPanel
-from .worker import Cancelled, MLXWorker
+from mlxsmall.tui.metrics import DashboardMetrics
+from mlxsmall.tui.widgets import BenchView, ChatLog, MemoryPowerPanel, ModelPanel, SpeedPanel
+from mlxsmall.tui.worker import Cancelled, MLXWorker
 
 # Redraw rate and memory sampling: often enough to watch tokens arrive, rarely enough that
 # the UI thread takes little CPU from generation (measured by bench/bench_dashboard.py).
@@ -162,7 +162,7 @@ class DashboardApp(App):
             self.worker = MLXWorker()
             self._start("load", self._load_job)
         elif self.attach:
-            from .attach import Feed
+            from mlxsmall.tui.attach import Feed
 
             self.worker = MLXWorker(name="server-client")  # sends prompts; the server does the MLX work
             # The feed thread only appends to the event queue (thread-safe), like a local publisher.
@@ -327,7 +327,7 @@ class DashboardApp(App):
 
     def _remote_chat_job(self, prompt: str):
         """Chat through the attached server; the answer streams in from its event feed."""
-        from .attach import remote_chat
+        from mlxsmall.tui.attach import remote_chat
 
         self._remote_messages.append({"role": "user", "content": prompt})
         answer, stopped = remote_chat(self.attach, self._remote_messages, api_key=self.api_key,

@@ -11,7 +11,7 @@ from textual.widgets import DataTable, Label, Sparkline, Static
 from mlxsmall.measure import PowerMeter
 
 from mlxsmall.measure.sweep import COLUMNS, BenchReport, row_cells
-from .metrics import DashboardMetrics
+from mlxsmall.tui.metrics import DashboardMetrics
 
 DASH = "–"  # not measured yet (different from n/a: nothing can measure it)
 
