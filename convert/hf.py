@@ -17,6 +17,7 @@ import mlx.core as mx
 from mlxsmall.atomic import work_directory
 from mlxsmall.errors import MlxsmallError
 
+from mlxsmall.loading import read_config
 from mlxsmall.safetensors_io import load_safetensors_checkpoint, safetensors_files
 from mlxsmall.convert.torch_bin import load_torch_bin_checkpoint
 
@@ -38,12 +39,6 @@ def load_checkpoint_weights(src: Path) -> dict:
     if (src / "pytorch_model.bin").exists() or (src / "pytorch_model.bin.index.json").exists():
         return load_torch_bin_checkpoint(src)
     raise MlxsmallError(f"{src}: no weights (*.safetensors or pytorch_model.bin) found")
-
-
-def read_hf_config(src: Path) -> dict:
-    from mlxsmall.loading import read_config
-
-    return read_config(src)
 
 
 def detect_architecture(config: dict, source="config.json") -> str:
@@ -143,7 +138,7 @@ def build_converted_model(src: Path, *, shared_ffn: Optional[bool] = None, dtype
     from mlxsmall.loading import build_model, cast_floating
 
     src = Path(src)
-    upstream = read_hf_config(src)
+    upstream = read_config(src)
     detect_architecture(upstream, src / "config.json")  # refuse unknown ones before reading weights
     weights = load_checkpoint_weights(src)
     config = map_config(upstream, weights, shared_ffn=shared_ffn, source=src / "config.json")
@@ -211,7 +206,7 @@ def convert_hf(
         log(f"quantizing to {bits} bits (group {group_size})")
         config = quantize_model(model, config, bits=bits, group_size=group_size)
     if chat_template == "auto":
-        chat_template = guess_chat_template(src, read_hf_config(src))
+        chat_template = guess_chat_template(src, read_config(src))
         if chat_template:
             log(f"chat template {chat_template} (MobiLlama chat checkpoint without one)")
     with work_directory(dst.parent) as work:

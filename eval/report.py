@@ -19,12 +19,8 @@ RAW_METRICS = {"perplexity", "word_perplexity", "bits_per_byte"}  # shown as num
 HEADLINE = {"multiple_choice": "acc", "perplexity": "perplexity", "safety": "refusal_rate"}
 
 
-def write_atomic(path: Path, text: str) -> Path:
-    return write_text_atomic(path, text)
-
-
 def write_json(path: Path, data: dict) -> Path:
-    return write_atomic(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+    return write_text_atomic(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
 
 
 def format_value(value, metric: str) -> str:

@@ -482,6 +482,3 @@ def text_file_task(path: str) -> PerplexityTask:
                           to_text=lambda docs: "".join(d["text"] for d in docs))
 
 
-# The vision-language work fills this in: a task of kind "vqa" with its own evaluator,
-# registered with ``register_task`` and ``register_evaluator("vqa", fn)`` in eval/runner.py.
-VQA_HOOK = "vqa"

@@ -51,10 +51,11 @@ def register(subparsers):
 
 
 def run(args):
+    from mlxsmall.atomic import write_text_atomic
     from mlxsmall.errors import MlxsmallError
     from mlxsmall.measure.bench import BenchOptions, bench_variants, options_dict
     from mlxsmall.measure import open_power_meter
-    from mlxsmall.eval.report import bench_markdown, plot_bench, write_atomic, write_json
+    from mlxsmall.eval.report import bench_markdown, plot_bench, write_json
     from mlxsmall.eval.variants import parse_variant
 
     if min(args.prompt_tokens, args.generation_tokens, args.repetitions) < 1 or args.warmup < 0:
@@ -103,7 +104,7 @@ def run(args):
             "options": options_dict(options),
             "rows": rows,
         })
-        write_atomic(output.with_suffix(".md"), table)
+        write_text_atomic(output.with_suffix(".md"), table)
         print(f"results: {output} and {output.with_suffix('.md')}", file=sys.stderr)
     if args.plot:
         written = plot_bench(rows, Path(args.plot))

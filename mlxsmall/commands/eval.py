@@ -83,8 +83,9 @@ def register(subparsers):
 
 
 def run(args):
+    from mlxsmall.atomic import write_text_atomic
     from mlxsmall.errors import MlxsmallError
-    from mlxsmall.eval.report import eval_markdown, plot_quality_vs_bits, write_atomic, write_json
+    from mlxsmall.eval.report import eval_markdown, plot_quality_vs_bits, write_json
     from mlxsmall.eval.runner import EvalOptions, options_dict
     from mlxsmall.eval.data_files import check_data
     from mlxsmall.eval.tasks import resolve_tasks, text_file_task
@@ -125,7 +126,7 @@ def run(args):
             "runs": runs,
         }
         write_json(output, record)
-        write_atomic(output.with_suffix(".md"), table)
+        write_text_atomic(output.with_suffix(".md"), table)
         print(f"results: {output} and {output.with_suffix('.md')}", file=sys.stderr)
     if args.plot:
         written = plot_quality_vs_bits(runs, Path(args.plot))
