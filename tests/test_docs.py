@@ -28,6 +28,8 @@ SKIP = {
                                "(network, minutes); .ci/run runs it first on a clean machine",
     "python -m pytest": "the test suite itself",
     "mlxsmall dashboard": "a full-screen terminal app that runs until quit (tests/test_tui*.py drive it)",
+    "mlxsmall serve": "a server that runs until stopped (docs/serve.md's block starts and stops one; "
+                      "tests/test_serve.py drives it with the openai client)",
     "mlx.launch": "starts several training processes (tests/test_train_distributed.py runs two)",
 }
 SKIP_FILES = {
