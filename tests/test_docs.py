@@ -139,7 +139,7 @@ def test_doc_block_runs(source, language, code, workdir):
             pytest.skip(reason)
     if code[0] != "mlxsmall":
         pytest.fail(f"{line}: not an mlxsmall command; run it here or add it to SKIP with the reason")
-    result = mlxsmall(*code[1:], env=env, cwd=cwd, stdin="")
+    result = mlxsmall(*code[1:], env=env, cwd=cwd, stdin="", timeout=1800)  # bench: >10 min on a busy 2-core box
     if ONLINE_OR_PLACEHOLDER.search(line):
         if result.returncode != 0:
             assert_one_line_error(result)
