@@ -110,24 +110,30 @@ def doc_cases():
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory, user_cache):
-    """One directory for every command, in document order (`fuse` uses what `finetune` wrote)."""
+    """One directory per document, its commands run in order there (`fuse` uses what `finetune`
+    wrote); ``workdir(source) -> (cwd, env)``."""
     root = tmp_path_factory.mktemp("docs")
-    cwd = root / "cwd"
-    samples = cwd / "mlxsmall" / "train" / "samples"
-    samples.mkdir(parents=True)
-    for file in (ROOT / "mlxsmall" / "train" / "samples").glob("*.jsonl"):
-        (samples / file.name).write_bytes(file.read_bytes())
+    env = user_env(root, user_cache)
     from mlxsmall.hub import find_pip_gguf
     from mlxsmall.registry import SMOLLM2_GGUF, SMOLLM2_PACKAGE
 
-    # `mlxsmall convert model.gguf` stands for any llama-family GGUF: give it the default's.
-    (cwd / "model.gguf").symlink_to(find_pip_gguf(SMOLLM2_PACKAGE, SMOLLM2_GGUF))
-    return cwd, user_env(root, user_cache)
+    def for_source(source: str):
+        cwd = root / source.replace("/", "_")
+        if not cwd.exists():
+            samples = cwd / "mlxsmall" / "train" / "samples"
+            samples.mkdir(parents=True)
+            for file in (ROOT / "mlxsmall" / "train" / "samples").glob("*.jsonl"):
+                (samples / file.name).write_bytes(file.read_bytes())
+            # `mlxsmall convert model.gguf` stands for any llama-family GGUF: give it the default's.
+            (cwd / "model.gguf").symlink_to(find_pip_gguf(SMOLLM2_PACKAGE, SMOLLM2_GGUF))
+        return cwd, env
+
+    return for_source
 
 
 @pytest.mark.parametrize("source, language, code", doc_cases())
 def test_doc_block_runs(source, language, code, workdir):
-    cwd, env = workdir
+    cwd, env = workdir(source)
     if source in SKIP_FILES:
         pytest.skip(SKIP_FILES[source])
     if language == "python":
@@ -141,7 +147,7 @@ def test_doc_block_runs(source, language, code, workdir):
             pytest.skip(reason)
     if code[0] != "mlxsmall":
         pytest.fail(f"{line}: not an mlxsmall command; run it here or add it to SKIP with the reason")
-    result = mlxsmall(*code[1:], env=env, cwd=cwd, stdin="")
+    result = mlxsmall(*code[1:], env=env, cwd=cwd, stdin="", timeout=1800)  # bench: >10 min on a busy 2-core box
     if ONLINE_OR_PLACEHOLDER.search(line):
         if result.returncode != 0:
             assert_one_line_error(result)
