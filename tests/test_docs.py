@@ -48,6 +48,11 @@ ONLINE_OR_PLACEHOLDER = re.compile(
     r"captions\.jsonl|data/|data\.jsonl|\[--|\.\.\.|example\.com|smollm2\b(?!-)")
 
 
+# A block that needs a shell (a loop, a here-document, a command in the background, $(...))
+# runs as one bash script, stopped with its process group at the end.
+SHELL_SCRIPT = re.compile(r"<<|\$\(|&\s|^\s*(for|while|if)\s", re.M)
+
+
 def fenced_blocks(path: Path):
     """``(language, first line number, text)`` of each fenced block."""
     lines = path.read_text(encoding="utf-8").splitlines()
@@ -95,6 +100,11 @@ def doc_cases():
             if language == "python":  # runs the real default model
                 cases.append(pytest.param(name, "python", text, id=f"{name}:{start}", marks=pytest.mark.slow))
                 continue
+            if language in ("bash", "sh") and SHELL_SCRIPT.search(text):  # a script, not a list of commands
+                cases.append(pytest.param(name, "script", text, id=f"{name}:{start}:script", marks=pytest.mark.slow))
+                continue
+            if language not in ("", "bash", "sh", "shell", "console"):
+                continue  # text, json, a diagram: nothing to run
             commands = list(shell_commands(text))
             if language not in ("bash", "sh", "shell", "console"):
                 if language or not commands or not all(c[0] == "mlxsmall" for _, c in commands):
@@ -141,6 +151,9 @@ def test_doc_block_runs(source, language, code, workdir):
                                 env=env, cwd=cwd.parent, timeout=600)
         assert result.returncode == 0, result.stderr
         return
+    if language == "script":
+        run_script(code, env, cwd)
+        return
     line = shlex.join(code)
     for prefix, reason in SKIP.items():
         if line.startswith(prefix):
@@ -156,3 +169,25 @@ def test_doc_block_runs(source, language, code, workdir):
     if "haiku" in line:
         verses = [verse for verse in result.stdout.splitlines() if verse.strip()]
         assert len(verses) == 3, result.stdout  # a haiku, not "."
+
+
+def run_script(code: str, env: dict, cwd: Path) -> None:
+    """The block as one `bash -e` script with this environment's `mlxsmall` and `python` first on
+    PATH; whatever it leaves running (a server) is stopped with its process group."""
+    import os
+    import signal
+
+    env = dict(env, PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}")
+    process = subprocess.Popen(["bash", "-e", "-c", code], cwd=cwd, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        out, err = process.communicate(timeout=900)
+    finally:
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        if process.poll() is None:
+            process.communicate()
+    assert process.returncode == 0, (out[-2000:], err[-2000:])
+    assert "Traceback" not in err, err[-2000:]
