@@ -50,7 +50,7 @@ ONLINE_OR_PLACEHOLDER = re.compile(
 
 # A block that needs a shell (a loop, a here-document, a command in the background, $(...))
 # runs as one bash script, stopped with its process group at the end.
-SHELL_SCRIPT = re.compile(r"<<|\$\(|&\s|^\s*(for|while|if)\s", re.M)
+SHELL_SCRIPT = re.compile(r"<<|\$\(|(?<!&)&(?!&)\s|^\s*(for|while|if)\s", re.M)
 
 
 def fenced_blocks(path: Path):
