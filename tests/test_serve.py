@@ -46,7 +46,7 @@ def test_completion_matches_the_cli(client, server, tmp_path):
                                       temperature=0)
     cli = subprocess.run(
         [sys.executable, "-m", "mlxsmall", "generate", str(server["path"]), "-p", "The capital of France is",
-         "-m", "8", "--quiet"], capture_output=True, text=True, timeout=300, env=clean_env(tmp_path),
+         "-m", "8", "--quiet", "--raw"], capture_output=True, text=True, timeout=300, env=clean_env(tmp_path),
     )
     assert cli.returncode == 0, cli.stderr
     assert reply.choices[0].text == cli.stdout[:-1]  # the CLI ends with a newline
