@@ -5,7 +5,7 @@ Each module follows mlx-lm's interface: ``ModelArgs`` (HF config field names,
 input_embeddings=None)``, ``sanitize(weights)``, ``layers`` and ``make_cache()``.
 """
 
-from mlxsmall.models import mobilellm, mobillama
+from . import mobilellm, mobillama
 
 # config.json `model_type` -> module. Plain llama-family checkpoints share
 # MobileLLM's code path (same block, no sharing).

@@ -15,8 +15,8 @@ import mlx.nn as nn
 from mlx_lm.models.base import create_attention_mask
 from mlx_lm.models.cache import KVCache
 
-from mlxsmall.models import mobilellm
-from mlxsmall.models.mobilellm import MLP, TransformerBlock, count_parameters, drop_rotary_buffers
+from . import mobilellm
+from .mobilellm import MLP, TransformerBlock, count_parameters, drop_rotary_buffers
 
 REFERENCE_ROPE_THETA = 10000.0
 

@@ -10,7 +10,7 @@ import math
 
 import mlx.nn as nn
 
-from mlxsmall.models.vision import ACTIVATIONS
+from .vision import ACTIVATIONS
 
 PROJECTOR_TYPES = ("mlp2x_gelu", "pool_mlp2x_gelu")
 

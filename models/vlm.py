@@ -17,8 +17,8 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx_lm.models.base import BaseModelArgs
 
-from mlxsmall.models.projector import MultiModalProjector
-from mlxsmall.models.vision import VisionConfig, VisionModel
+from .projector import MultiModalProjector
+from .vision import VisionConfig, VisionModel
 
 
 @dataclass
@@ -61,7 +61,7 @@ def splice_image_features(text_embeddings, image_mask, image_features):
 
 
 def language_model_module(model_type: str):
-    from mlxsmall.models import get_architecture  # the one model_type -> module table
+    from . import get_architecture  # the one model_type -> module table
 
     return get_architecture(model_type)
 

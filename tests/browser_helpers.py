@@ -8,12 +8,12 @@ app's terminal output arrives as binary websocket frames, which are kept (ANSI s
 
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
+
+from loopback import free_port, urlopen
 
 CHROMIUM = os.environ.get("MLXSMALL_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -31,12 +31,6 @@ def chromium_available() -> bool:
     return Path(CHROMIUM).exists()
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def start_dashboard_server(model_dir, env, *extra, timeout=120, log=subprocess.DEVNULL):
     """`mlxsmall dashboard MODEL --serve` on a free local port; returns (process, url)."""
     port = free_port()
@@ -51,7 +45,7 @@ def start_dashboard_server(model_dir, env, *extra, timeout=120, log=subprocess.D
         if process.poll() is not None:
             raise RuntimeError(f"mlxsmall dashboard --serve exited with {process.returncode}")
         try:
-            with urllib.request.urlopen(url, timeout=5) as response:
+            with urlopen(url, timeout=5) as response:
                 if response.status == 200:
                     return process, url
         except OSError:

@@ -7,6 +7,7 @@ import sys
 import threading
 
 import pytest
+from loopback import loopback_url
 
 MODEL_ID = "tiny"
 TIMEOUT = 120  # seconds any one request may take on a busy 2-core machine (a hang fails, not blocks)
@@ -37,7 +38,7 @@ def clean_env(tmp_path):
 def start_server(model_dir, tmp_path, *extra):
     """Start `mlxsmall serve` on a free port; returns (process, base URL, stderr lines)."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "mlxsmall", "serve", str(model_dir), "--port", "0", "--model-id", MODEL_ID,
+        [sys.executable, "-m", "mlxsmall", "serve", str(model_dir), "--host", "127.0.0.1", "--port", "0", "--model-id", MODEL_ID,
          "-m", "16", *extra],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=clean_env(tmp_path),
     )
@@ -56,4 +57,4 @@ def start_server(model_dir, tmp_path, *extra):
     if match is None:
         process.kill()
         pytest.fail("server did not start:\n" + "".join(lines))
-    return process, match.group(1), lines
+    return process, loopback_url(match.group(1)), lines

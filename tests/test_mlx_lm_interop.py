@@ -9,7 +9,6 @@ import ast
 import importlib.util
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -33,6 +32,7 @@ from mlxsmall.quantize import quantize_model
 
 sys.path.insert(0, str(Path(__file__).parent))  # tests/ helper modules (pytest runs in importlib mode)
 from fixtures_convert import write_mobilellm, write_mobillama
+from loopback import free_port, urlopen
 
 PROMPT = "Hello! How are you"
 MAX_TOKENS = 12
@@ -249,18 +249,12 @@ def test_export_leaves_the_model_file_behind(make_tiny_model, tmp_path):
     assert "model_file" not in json.loads((out / "config.json").read_text())
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def complete_when_up(base: str, server: subprocess.Popen, log_path: Path) -> dict:
     """Wait (bounded) for the server to answer, then ask for one greedy completion."""
     deadline = time.monotonic() + 120
     while True:
         try:
-            urllib.request.urlopen(base + "/v1/models", timeout=5).read()
+            urlopen(base + "/v1/models", timeout=5).read()
             break
         except OSError:
             assert server.poll() is None, log_path.read_text()[-2000:]
@@ -272,7 +266,7 @@ def complete_when_up(base: str, server: subprocess.Popen, log_path: Path) -> dic
                          "temperature": 0.0}).encode(),
         headers={"Content-Type": "application/json"},
     )
-    return json.loads(urllib.request.urlopen(request, timeout=120).read())
+    return json.loads(urlopen(request, timeout=120).read())
 
 
 @pytest.mark.slow

@@ -11,6 +11,7 @@ import urllib.request
 
 import pytest
 sys.path.insert(0, str(Path(__file__).parent))  # tests/ helper modules (pytest runs in importlib mode)
+from loopback import urlopen
 from serve_helpers import MODEL_ID, TIMEOUT, clean_env, save_tiny_mobillama, start_server
 
 openai = pytest.importorskip("openai")
@@ -110,7 +111,7 @@ def read_events(url, until, timeout=TIMEOUT, subscribed=None):
     """Events from the server's feed until ``until(event)`` is true (or ``timeout`` seconds)."""
     seen = []
     deadline = time.monotonic() + timeout
-    with urllib.request.urlopen(url + "/v1/mlxsmall/events", timeout=timeout) as feed:
+    with urlopen(url + "/v1/mlxsmall/events", timeout=timeout) as feed:
         for raw in feed:
             if subscribed is not None:
                 subscribed.set()  # the server sends a "hello" as soon as the feed is open
@@ -151,7 +152,7 @@ def post_raw(url, body: bytes, headers=None):
     request = urllib.request.Request(url + "/v1/chat/completions", data=body, method="POST",
                                      headers={"Content-Type": "application/json", **(headers or {})})
     try:
-        with urllib.request.urlopen(request, timeout=TIMEOUT) as response:
+        with urlopen(request, timeout=TIMEOUT) as response:
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as error:
         return error.code, json.loads(error.read())

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 sys.path.insert(0, str(Path(__file__).parent))  # tests/ helper modules (pytest runs in importlib mode)
+from loopback import free_port
 from serve_helpers import MODEL_ID, TIMEOUT, save_tiny_mobillama, start_server
 from textual.widgets import Input
 
@@ -100,11 +101,7 @@ def test_attached_dashboard_shows_the_servers_requests(server):
 
 
 def test_unreachable_server_is_reported():
-    import socket
-
-    with socket.socket() as probe:  # a port nobody listens on
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()  # a port nobody listens on
 
     async def scenario():
         app = DashboardApp(None, attach=f"127.0.0.1:{port}", meter=UnavailableMeter("test meter"))
