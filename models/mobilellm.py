@@ -227,35 +227,9 @@ def drop_rotary_buffers(weights: dict) -> dict:
     return {k: v for k, v in weights.items() if "rotary_emb.inv_freq" not in k}
 
 
-class Model(nn.Module):
-    def __init__(self, args: ModelArgs):
-        super().__init__()
-        self.args = args
-        self.model_type = args.model_type
-        self.model = MobileLLMModel(args)
-        if not args.output_uses_embedding:
-            self.lm_head = nn.Linear(args.hidden_size, args.vocab_size, bias=False)
-
-    def __call__(self, inputs: mx.array, cache=None, input_embeddings=None) -> mx.array:
-        out = self.model(inputs, cache, input_embeddings)
-        if self.args.output_uses_embedding:
-            return self.model.embed_tokens.as_linear(out)
-        return self.lm_head(out)
-
-    def sanitize(self, weights: dict) -> dict:
-        weights = drop_rotary_buffers(weights)
-        if self.args.output_uses_embedding and "lm_head.weight" in weights:
-            head = weights.pop("lm_head.weight")
-            embedding = weights.get("model.embed_tokens.weight")
-            if embedding is not None and not (
-                head.shape == embedding.shape and mx.array_equal(head, embedding).item()
-            ):
-                raise ValueError(
-                    "lm_head.weight differs from model.embed_tokens.weight, but the config "
-                    "shares the embedding (share_embedding/tie_word_embeddings): refusing to "
-                    "drop a real output head"
-                )
-        return weights
+class ModelFacts:
+    """What callers ask a model (loader, info, trainer, llama expansion), answered from its args:
+    shared by MobileLLM and MobiLlama, whose args say which sharing applies."""
 
     @property
     def layers(self):
@@ -285,6 +259,37 @@ class Model(nn.Module):
     def applied_parameters(self) -> int:
         """Parameters as the papers count them: a layer-shared block counts once (125M-LS is 125M)."""
         return self.unique_parameters
+
+
+class Model(ModelFacts, nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.args = args
+        self.model_type = args.model_type
+        self.model = MobileLLMModel(args)
+        if not args.output_uses_embedding:
+            self.lm_head = nn.Linear(args.hidden_size, args.vocab_size, bias=False)
+
+    def __call__(self, inputs: mx.array, cache=None, input_embeddings=None) -> mx.array:
+        out = self.model(inputs, cache, input_embeddings)
+        if self.args.output_uses_embedding:
+            return self.model.embed_tokens.as_linear(out)
+        return self.lm_head(out)
+
+    def sanitize(self, weights: dict) -> dict:
+        weights = drop_rotary_buffers(weights)
+        if self.args.output_uses_embedding and "lm_head.weight" in weights:
+            head = weights.pop("lm_head.weight")
+            embedding = weights.get("model.embed_tokens.weight")
+            if embedding is not None and not (
+                head.shape == embedding.shape and mx.array_equal(head, embedding).item()
+            ):
+                raise ValueError(
+                    "lm_head.weight differs from model.embed_tokens.weight, but the config "
+                    "shares the embedding (share_embedding/tie_word_embeddings): refusing to "
+                    "drop a real output head"
+                )
+        return weights
 
     @property
     def sharing(self) -> str:

@@ -13,10 +13,9 @@ from dataclasses import dataclass
 import mlx.core as mx
 import mlx.nn as nn
 from mlx_lm.models.base import create_attention_mask
-from mlx_lm.models.cache import KVCache
 
 from . import mobilellm
-from .mobilellm import MLP, TransformerBlock, count_parameters, drop_rotary_buffers
+from .mobilellm import MLP, ModelFacts, TransformerBlock, count_parameters, drop_rotary_buffers
 
 REFERENCE_ROPE_THETA = 10000.0
 
@@ -66,7 +65,7 @@ class MobiLlamaModel(nn.Module):
         return self.norm(h)
 
 
-class Model(nn.Module):
+class Model(ModelFacts, nn.Module):
     def __init__(self, args: ModelArgs):
         super().__init__()
         self.args = args
@@ -82,25 +81,6 @@ class Model(nn.Module):
         if self.args.shared_ffn and not any(k.startswith("model.shared_mlp.") for k in weights):
             weights = fold_layer_mlps(weights, self.args.num_hidden_layers)
         return weights
-
-    @property
-    def layers(self):
-        return self.model.layers
-
-    @property
-    def applications(self) -> int:
-        return len(self.layers)
-
-    @property
-    def cache_slots(self) -> int:
-        return len(self.layers)
-
-    def make_cache(self):
-        return [KVCache() for _ in range(self.cache_slots)]
-
-    @property
-    def unique_parameters(self) -> int:
-        return count_parameters(self)
 
     @property
     def applied_parameters(self) -> int:
