@@ -18,10 +18,13 @@ from pathlib import Path
 import mlxsmall  # noqa: F401  (OpenBLAS before mlx)
 import mlx.core as mx
 
-from mlxsmall.loading import load_tokenizer
-from mlxsmall.train.vlm_train import TrainConfig, train_vlm
-from mlxsmall.vlm import (SHAPE_COLOURS, SHAPES, ImageProcessor, build_vlm_model, draw_shape, generate_vlm,
-                          vlm_config)
+from mlxsmall.convert.vlm import vlm_config
+from mlxsmall.eval.shapes import SHAPE_COLOURS, SHAPES, draw_shape
+from mlxsmall.images import image_processor_for
+from mlxsmall.loading import build_model, load_tokenizer
+from mlxsmall.train.trainer import TrainConfig
+from mlxsmall.train.vlm_train import VLMTrainSettings, train_vlm
+from mlxsmall.vlm import generate_vlm
 
 CHATML = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + "
           "'<|im_end|>' + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
@@ -80,8 +83,8 @@ def run(args, seed):
     vision_config = dict(model_type="clip_vision_model", hidden_size=64, intermediate_size=128, num_hidden_layers=3,
                          num_attention_heads=4, image_size=image_size, patch_size=8)
     mx.random.seed(seed)
-    model = build_vlm_model(vlm_config(text_config, vision_config, projector_type=args.projector))
-    processor = ImageProcessor.for_vision_config(vision_config)
+    model = build_model(vlm_config(text_config, vision_config, projector_type=args.projector))
+    processor = image_processor_for(vision_config)
     results = {"untrained": accuracy(model, tokenizer, processor, test)}
     # Stage 0 stands in for a pretrained LM: text-only captions (no image), so it knows the caption
     # language but cannot tell which caption fits an image.
@@ -94,8 +97,9 @@ def run(args, seed):
             continue
         tic = time.perf_counter()
         history = train_vlm(model, tokenizer, processor, data,
-                            TrainConfig(stage=stage, steps=steps, batch_size=16, learning_rate=lr, log_every=50,
-                                        seed=seed))
+                            VLMTrainSettings(stage=stage, train=TrainConfig(
+                                steps=steps, batch_size=16, learning_rate=lr, min_learning_rate=lr * 0.05,
+                                warmup_steps=10, report_every=50, seed=seed)))
         results[label] = accuracy(model, tokenizer, processor, test)
         print(f"seed {seed} stage {label}: {steps} steps {time.perf_counter() - tic:.0f}s, loss "
               + " ".join(f"{h['loss']:.3f}" for h in history) + f" -> {results[label]}")

@@ -18,7 +18,8 @@ import numpy as np
 from mlx_lm.models.cache import make_prompt_cache
 
 from mlxsmall.models.vision import PRESETS
-from mlxsmall.vlm import build_vlm_model, vlm_config
+from mlxsmall.convert.vlm import vlm_config
+from mlxsmall.loading import build_model
 
 MOBILELLM_125M = dict(model_type="mobilellm", hidden_size=576, num_hidden_layers=30, intermediate_size=1536,
                       num_attention_heads=9, num_key_value_heads=3, vocab_size=32000, share_embedding=True)
@@ -53,10 +54,10 @@ def main():
     size = vision["image_size"]
     pixels = mx.array(np.random.default_rng(0).standard_normal((1, size, size, 3)).astype(np.float32)).astype(dtype)
     mx.random.seed(0)
-    base = build_vlm_model(vlm_config(MOBILELLM_125M, vision, projector_type="mlp2x_gelu"))
+    base = build_model(vlm_config(MOBILELLM_125M, vision, projector_type="mlp2x_gelu"))
     base.set_dtype(dtype)
     mx.eval(base.parameters())
-    pooled = build_vlm_model(vlm_config(MOBILELLM_125M, vision, projector_type="pool_mlp2x_gelu"))
+    pooled = build_model(vlm_config(MOBILELLM_125M, vision, projector_type="pool_mlp2x_gelu"))
     pooled.update(base.parameters())  # same weights: the projectors differ only in pooling
     print(f"device {mx.default_device()}, {args.dtype}, vision {args.vision}, LM MobileLLM-125M shape, "
           f"{args.text_tokens} text tokens, median of {args.repeats}")

@@ -2,6 +2,7 @@
 
 - `load_vision_tower(dir or repo id)`: a HF `CLIPVisionModel` / `CLIPModel` / `SiglipVisionModel` / `SiglipModel`
   directory -> (our vision_config, weights). Mean/std come from its `preprocessor_config.json`.
+- `vlm_config(text_config, vision_config, **options)`: the config.json of a VLM (LLaVA field names).
 - `build_vlm(vision_dir, lm_dir, dst)`: a new VLM from a vision tower + one of our LMs, with a freshly
   initialised projector (train it: `mlxsmall vlm train`). `mlxsmall vlm build` calls this.
 - `convert_llava(src, dst)`: a HF LLaVA checkpoint (`vision_tower`, `multi_modal_projector`,
@@ -16,6 +17,7 @@ from pathlib import Path
 import mlx.core as mx
 
 from mlxsmall.errors import MlxsmallError
+from mlxsmall.loading import VISION_LANGUAGE_TYPE, build_model, load_model, read_config, save_model
 
 # HF config defaults: HF config.json files leave out fields equal to these.
 HF_VISION_DEFAULTS = {
@@ -103,12 +105,19 @@ def prefixed_quantization(block: dict, prefix: str) -> dict:
     return {(k if k in ("group_size", "bits", "mode") else prefix + k): v for k, v in block.items()}
 
 
+def vlm_config(text_config: dict, vision_config: dict, **options) -> dict:
+    """The config.json of a VLM: LLaVA field names; eos copied up so the tokenizer loader finds it."""
+    config = {"model_type": VISION_LANGUAGE_TYPE, "text_config": dict(text_config),
+              "vision_config": dict(vision_config)}
+    config.update({k: v for k, v in options.items() if v is not None})
+    if "eos_token_id" in text_config:
+        config["eos_token_id"] = text_config["eos_token_id"]
+    return config
+
+
 def build_vlm(vision_src, lm_src, dst, *, projector_type: str = "mlp2x_gelu", pool_stride: int = 2,
               feature_layer: int = -2, seed: int = 0, overwrite: bool = False) -> Path:
     """Assemble vision tower + projector (random init) + our LM into a VLM directory at ``dst``."""
-    from mlxsmall.loading import load_model, read_config
-    from mlxsmall.vlm import build_vlm_model, save_vlm, vlm_config
-
     lm_dir = checkpoint_dir(lm_src)
     language_model, text_config = load_model(lm_dir)
     vision_config, vision_weights = load_vision_tower(vision_src)
@@ -116,7 +125,7 @@ def build_vlm(vision_src, lm_src, dst, *, projector_type: str = "mlp2x_gelu", po
     config = vlm_config(text_config, vision_config, vision_feature_layer=feature_layer,
                         projector_type=projector_type, projector_pool_stride=pool_stride)
     mx.random.seed(seed)
-    model = build_vlm_model(config)
+    model = build_model(config)
     try:
         model.vision_tower.load_weights(list(vision_weights.items()), strict=True)
     except ValueError as error:
@@ -126,13 +135,11 @@ def build_vlm(vision_src, lm_src, dst, *, projector_type: str = "mlp2x_gelu", po
     if quantization:
         config["quantization"] = prefixed_quantization(quantization, "language_model.")
     mx.eval(model.parameters())
-    return save_vlm(dst, model, config, tokenizer_src_dir=lm_dir, overwrite=overwrite)
+    return save_model(dst, model, config, tokenizer_src_dir=lm_dir, overwrite=overwrite)
 
 
 def convert_llava(src, dst, *, overwrite: bool = False) -> Path:
     """A HF LLaVA-layout checkpoint (llama-family LM + CLIP/SigLIP tower) into our format."""
-    from mlxsmall.vlm import build_vlm_model, save_vlm, vlm_config
-
     src = checkpoint_dir(src)
     hf = read_json(src / "config.json")
     if "text_config" not in hf or "vision_config" not in hf:
@@ -154,11 +161,11 @@ def convert_llava(src, dst, *, overwrite: bool = False) -> Path:
     config = vlm_config(text_config, vision_config, **options)
     if "eos_token_id" in hf:
         config["eos_token_id"] = hf["eos_token_id"]
-    model = build_vlm_model(config)
+    model = build_model(config)
     try:
         weights = model.sanitize(read_checkpoint(src))
         model.load_weights(list(weights.items()), strict=True)
     except ValueError as error:
         raise MlxsmallError(f"{src}: weights do not match the LLaVA config ({' '.join(str(error).split())})") from None
     mx.eval(model.parameters())
-    return save_vlm(dst, model, config, tokenizer_src_dir=src, overwrite=overwrite)
+    return save_model(dst, model, config, tokenizer_src_dir=src, overwrite=overwrite)

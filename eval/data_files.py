@@ -143,7 +143,7 @@ FIELDS: Dict[str, Tuple[List[Field], Optional[Callable[[dict], Optional[Tuple[st
                    field("answer", INTEGER, "index into choices"), field("hint", TEXT, optional=True)],
                   lambda d: _checked("answer", _index(d, "answer", len(d["choices"])))),
 }
-VISION_TASKS = ("vqav2", "textvqa", "gqa", "scienceqa")  # mlxsmall vlm eval
+VISION_TASKS = ("vqav2", "textvqa", "gqa", "scienceqa")  # mlxsmall eval VLM --tasks vqa
 
 
 def describe(vision: bool = False, width: int = 96) -> str:

@@ -14,7 +14,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 from mlxsmall import events
 from mlxsmall.errors import MlxsmallError
 
-from mlxsmall.eval import metrics
+from mlxsmall.eval import metrics, vqa
 from mlxsmall.eval.loglikelihood import encode_pair, score_documents
 from mlxsmall.eval.protocols import PROTOCOLS, with_protocols
 from mlxsmall.eval.tasks import (GenerationTask, MultipleChoiceTask, PerplexityTask, SafetyTask, SkipItem, Task, fewshot_docs, is_refusal,
@@ -37,21 +37,6 @@ class EvalOptions:
     protocol: str = "default"  # generation tasks: "default", "mobileaibench" or "both" (eval/protocols.py)
 
 
-EVALUATORS: Dict[str, Callable] = {}
-
-
-def register_evaluator(kind: str):
-    """Decorator: ``fn(model, tokenizer, task, docs, options, report) -> (metrics, examples, n)``;
-    an evaluator may add a fourth item, a dict of fields for the task's result (counts of
-    skipped, error and truncated items)."""
-
-    def wrap(function):
-        EVALUATORS[kind] = function
-        return function
-
-    return wrap
-
-
 def evaluate(model, tokenizer, tasks: Sequence[Task], options: EvalOptions,
              on_progress: Optional[Progress] = None, on_task_start: Optional[Callable[[Task, int], None]] = None) -> Dict[str, dict]:
     """``{task name: {"metrics": {...}, "n": docs, "source": ..., "seconds": ..., "examples": [...]}}``."""
@@ -60,10 +45,8 @@ def evaluate(model, tokenizer, tasks: Sequence[Task], options: EvalOptions,
         raise MlxsmallError(f"--protocol must be one of {', '.join(PROTOCOLS)}, got {options.protocol!r}")
     for task in with_protocols(tasks, options.protocol):
         if task.kind not in EVALUATORS:
-            raise MlxsmallError(
-                f"{task.name}: no evaluator for tasks of kind {task.kind!r} "
-                f"(register one with mlxsmall.eval.runner.register_evaluator)"
-            )
+            raise MlxsmallError(f"{task.name}: no evaluator for tasks of kind {task.kind!r} "
+                                "(eval/runner.py EVALUATORS)")
         docs = load_docs(task, data=options.data, limit=None if task.kind == "perplexity" else options.limit)
         if not docs:
             raise MlxsmallError(f"{task.name}: no documents to evaluate")
@@ -115,7 +98,6 @@ def units(task: Task, docs: List[dict], options: EvalOptions) -> int:
 # Multiple choice
 
 
-@register_evaluator("multiple_choice")
 def evaluate_multiple_choice(model, tokenizer, task: MultipleChoiceTask, docs, options: EvalOptions, report):
     """lm-eval's ``acc`` (argmax of the summed log-likelihoods) and ``acc_norm`` (argmax of
     each log-likelihood divided by ``len(choice)``, the choice string in characters)."""
@@ -210,7 +192,6 @@ def chat_ids(tokenizer, user_text: str, system: str = "") -> List[int]:
     return list(ids)
 
 
-@register_evaluator("generation")
 def evaluate_generation(model, tokenizer, task: GenerationTask, docs, options: EvalOptions, report):
     from mlxsmall.generation import generate
 
@@ -260,7 +241,6 @@ def evaluate_generation(model, tokenizer, task: GenerationTask, docs, options: E
 # Trust & safety
 
 
-@register_evaluator("safety")
 def evaluate_safety(model, tokenizer, task: SafetyTask, docs, options: EvalOptions, report):
     from mlxsmall.generation import generate
 
@@ -294,7 +274,6 @@ def evaluate_safety(model, tokenizer, task: SafetyTask, docs, options: EvalOptio
 # Perplexity
 
 
-@register_evaluator("perplexity")
 def evaluate_perplexity(model, tokenizer, task: PerplexityTask, docs, options: EvalOptions, report):
     text = task.to_text(docs)
     tokens = tokenizer.encode(text)
@@ -316,6 +295,18 @@ def evaluate_perplexity(model, tokenizer, task: PerplexityTask, docs, options: E
         "tokens": result["tokens"],
     }
     return scores, [], result["tokens"]
+
+
+# The evaluator of each task kind (the tasks: eval/tasks.py TASKS):
+# ``fn(model, tokenizer, task, docs, options, report) -> (metrics, examples, n)``, optionally a fourth
+# item, a dict of fields for the task's result (counts of skipped, error and truncated items).
+EVALUATORS: Dict[str, Callable] = {
+    "multiple_choice": evaluate_multiple_choice,
+    "generation": evaluate_generation,
+    "safety": evaluate_safety,
+    "perplexity": evaluate_perplexity,
+    "vqa": vqa.evaluate_vqa,
+}
 
 
 def options_dict(options: EvalOptions) -> dict:

@@ -3,8 +3,9 @@
 Every task reads its documents in the field layout of its Hugging Face dataset,
 so one function turns a document into a request whether it came from the hub
 (``--data hub``) or from the small sample set shipped in ``eval/data`` (written
-for this project, the default, runs offline). The registry is open:
-``register_task(task)`` adds one (the vision work registers its VQA task there).
+for this project, the default, runs offline). ``TASKS`` at the end is the one table of
+tasks, the vision-language ones included; ``eval/runner.py``'s ``EVALUATORS`` names the
+evaluator of each kind.
 """
 
 import random
@@ -125,17 +126,15 @@ class SafetyTask(Task):
     kind: str = "safety"
 
 
-TASKS: Dict[str, Task] = {}
-GROUPS: Dict[str, List[str]] = {}
+@dataclass
+class VQATask(Task):
+    """Visual question answering (eval/vqa.py). ``style``: "vqa" (VQAv2 accuracy), "exact"
+    (normalised exact match) or "choice" (log-likelihood)."""
 
-
-def register_task(task: Task) -> Task:
-    TASKS[task.name] = task
-    if task.group:
-        GROUPS.setdefault(task.group, [])
-        if task.name not in GROUPS[task.group]:
-            GROUPS[task.group].append(task.name)
-    return task
+    style: str = "vqa"
+    to_request: Callable[[dict], dict] = None
+    max_tokens: int = 10
+    kind: str = "vqa"
 
 
 def resolve_tasks(names: Sequence[str]) -> List[Task]:
@@ -146,7 +145,7 @@ def resolve_tasks(names: Sequence[str]) -> List[Task]:
             if not part:
                 continue
             if part == "all":
-                members = [n for n, t in TASKS.items() if t.kind in EVALUATOR_KINDS]
+                members = [n for n, t in TASKS.items() if t.kind != "vqa"]  # VQA needs a vision-language model
             elif part in GROUPS:
                 members = GROUPS[part]
             elif part in TASKS:
@@ -156,10 +155,6 @@ def resolve_tasks(names: Sequence[str]) -> List[Task]:
                 raise MlxsmallError(f"--tasks: unknown task {part!r}; known: {known}")
             chosen += [m for m in members if m not in chosen]
     return [TASKS[name] for name in chosen]
-
-
-# Kinds that eval/runner.py can run; a registered task of another kind brings its own evaluator.
-EVALUATOR_KINDS = ("multiple_choice", "generation", "perplexity", "safety")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -398,11 +393,33 @@ def is_refusal(text: str) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------
-# The registry
+# Visual question answering: the fields of the hub datasets (scored in eval/vqa.py)
+
+
+def vqav2_request(doc):
+    answers = doc["answers"]
+    if answers and isinstance(answers[0], dict):  # hub layout: [{"answer": ..., "answer_confidence": ...}]
+        answers = [a["answer"] for a in answers]
+    return {"question": doc["question"], "answers": list(answers)}
+
+
+def gqa_request(doc):
+    return {"question": doc["question"], "answers": [doc["answer"]]}
+
+
+def scienceqa_request(doc):
+    question = doc["question"]
+    if doc.get("hint"):
+        question = f"Context: {doc['hint']}\n{question}"
+    return {"question": question, "choices": list(doc["choices"]), "answer": int(doc["answer"])}
+
+
+# ---------------------------------------------------------------------------------------------
+# The table of tasks
 
 COMMONSENSE = "commonsense"  # the MobileLLM paper's zero-shot set
 
-for task in [
+TASKS: Dict[str, Task] = {task.name: task for task in [
     MultipleChoiceTask("arc_easy", description="ARC-Easy science questions", sample_file="arc_easy.jsonl",
                        hub=HubSource("allenai/ai2_arc", "ARC-Easy", "test", "train"), to_choices=arc_choices,
                        group=COMMONSENSE),
@@ -469,8 +486,22 @@ for task in [
                    to_text=lambda docs: "".join(d["text"] for d in docs), group="perplexity"),
     SafetyTask("safety", description="Trust & safety: refusal of harmful prompts, over-refusal of benign ones",
                sample_file="safety.jsonl", hub=HubSource("walledai/XSTest", None, "test"), group="safety"),
-]:
-    register_task(task)
+    # Vision-language models only; the sample sets' images are drawn at run time (eval/shapes.py).
+    VQATask("vqav2", description="VQAv2 open-ended visual questions (VQA accuracy)", sample_file="vqa_sample.jsonl",
+            hub=HubSource("lmms-lab/VQAv2", None, "validation"), to_request=vqav2_request, group="vqa"),
+    VQATask("textvqa", description="TextVQA questions about text in images (VQA accuracy)",
+            sample_file="vqa_sample_text.jsonl", hub=HubSource("lmms-lab/textvqa", None, "validation"),
+            to_request=vqav2_request, group="vqa"),
+    VQATask("gqa", description="GQA-style short answers (exact match; sample set only)",
+            sample_file="vqa_sample_gqa.jsonl", style="exact", to_request=gqa_request, group="vqa"),
+    VQATask("scienceqa", description="ScienceQA-IMG multiple choice (log-likelihood)",
+            sample_file="vqa_sample_mc.jsonl", hub=HubSource("derek-thomas/ScienceQA", None, "test"),
+            keep=lambda doc: doc.get("image") is not None, style="choice", to_request=scienceqa_request,
+            group="vqa"),
+]}
+GROUPS: Dict[str, List[str]] = {}
+for name, task in TASKS.items():
+    GROUPS.setdefault(task.group, []).append(name)
 
 
 def text_file_task(path: str) -> PerplexityTask:

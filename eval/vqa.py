@@ -1,6 +1,5 @@
-"""Visual question answering for vision-language models (tasks of kind "vqa").
-
-Importing this module registers the tasks with `eval/tasks.py` and their evaluator with `eval/runner.py`:
+"""Visual question answering for vision-language models: the scoring and the evaluator of the tasks of
+kind "vqa" (listed in `eval/tasks.py`'s table, run by `eval/runner.py`):
 
 - `vqav2`: open-ended answers, VQAv2 accuracy (min(#annotators who gave the answer / 3, 1), averaged over
   the 10 leave-one-out annotator subsets, after the official answer normalisation).
@@ -13,22 +12,21 @@ time from a spec (`{"draw": {"shape": "circle", "colour": "red"}}` or `{"draw": 
 `--data hub` reads the real datasets (lmms-lab/VQAv2, lmms-lab/textvqa, derek-thomas/ScienceQA) through the
 `datasets` package, imported only then.
 
-    mlxsmall vlm eval ./my-vlm --tasks vqav2,scienceqa --limit 50
+    mlxsmall eval ./my-vlm --tasks vqav2,scienceqa --limit 50
 """
 
 import re
-from dataclasses import dataclass
-from typing import Callable, Dict, List
+from typing import Dict, List
 
 import mlx.core as mx
 
 from mlxsmall.errors import MlxsmallError
-
-from mlxsmall.eval.runner import register_evaluator
-from mlxsmall.eval.tasks import DATA_DIR, HubSource, Task, register_task
+from mlxsmall.eval.shapes import draw_shape, draw_text
+from mlxsmall.eval.tasks import DATA_DIR, VQATask
+from mlxsmall.images import image_processor_for, load_image
+from mlxsmall.vlm import IMAGE_PLACEHOLDER, encode_images, format_prompt, generate_vlm, tokenize_with_images
 
 SHORT_ANSWER = "Answer the question using a single word or phrase."  # LLaVA-1.5's VQA prompt
-GROUP = "vqa"
 
 # --------------------------------------------------------------------------- VQAv2 answer normalisation
 
@@ -79,8 +77,6 @@ def first_phrase(text: str) -> str:
 
 def doc_image(doc: dict):
     """A PIL image for a document: drawn from a spec, a path (relative to eval/data), a URL or a hub image."""
-    from mlxsmall.vlm import draw_shape, load_image
-
     image = doc.get("image")
     if image is None:
         raise MlxsmallError(f"document {doc.get('id', '?')}: no image")
@@ -92,60 +88,6 @@ def doc_image(doc: dict):
     if isinstance(image, str) and not image.startswith(("http://", "https://")) and (DATA_DIR / image).exists():
         return load_image(DATA_DIR / image)
     return load_image(image)
-
-
-def draw_text(text: str, size: int = 64):
-    from PIL import Image, ImageDraw
-
-    image = Image.new("RGB", (size, size), (255, 255, 255))
-    draw = ImageDraw.Draw(image)
-    left, top, right, bottom = draw.textbbox((0, 0), text)
-    draw.text(((size - (right - left)) / 2, (size - (bottom - top)) / 2), text, fill=(0, 0, 0))
-    return image
-
-
-def vqav2_request(doc):
-    answers = doc["answers"]
-    if answers and isinstance(answers[0], dict):  # hub layout: [{"answer": ..., "answer_confidence": ...}]
-        answers = [a["answer"] for a in answers]
-    return {"question": doc["question"], "answers": list(answers)}
-
-
-def gqa_request(doc):
-    return {"question": doc["question"], "answers": [doc["answer"]]}
-
-
-def scienceqa_request(doc):
-    question = doc["question"]
-    if doc.get("hint"):
-        question = f"Context: {doc['hint']}\n{question}"
-    return {"question": question, "choices": list(doc["choices"]), "answer": int(doc["answer"])}
-
-
-@dataclass
-class VQATask(Task):
-    """``style``: "vqa" (VQAv2 accuracy), "exact" (normalised exact match) or "choice" (log-likelihood)."""
-
-    style: str = "vqa"
-    to_request: Callable[[dict], dict] = None
-    max_tokens: int = 10
-    kind: str = "vqa"
-
-
-for task in [
-    VQATask("vqav2", description="VQAv2 open-ended visual questions (VQA accuracy)", sample_file="vqa_sample.jsonl",
-            hub=HubSource("lmms-lab/VQAv2", None, "validation"), to_request=vqav2_request, group=GROUP),
-    VQATask("textvqa", description="TextVQA questions about text in images (VQA accuracy)",
-            sample_file="vqa_sample_text.jsonl", hub=HubSource("lmms-lab/textvqa", None, "validation"),
-            to_request=vqav2_request, group=GROUP),
-    VQATask("gqa", description="GQA-style short answers (exact match; sample set only)",
-            sample_file="vqa_sample_gqa.jsonl", style="exact", to_request=gqa_request, group=GROUP),
-    VQATask("scienceqa", description="ScienceQA-IMG multiple choice (log-likelihood)",
-            sample_file="vqa_sample_mc.jsonl", hub=HubSource("derek-thomas/ScienceQA", None, "test"),
-            keep=lambda doc: doc.get("image") is not None, style="choice", to_request=scienceqa_request,
-            group=GROUP),
-]:
-    register_task(task)
 
 
 # --------------------------------------------------------------------------- evaluator
@@ -168,21 +110,10 @@ def choice_loglikelihoods(model, tokenizer, prompt_ids: List[int], image_feature
     return scores
 
 
-def vision_processor(model):
-    from mlxsmall.vlm import ImageProcessor
-
-    config = model.vision_config
-    return ImageProcessor(config.image_size, config.image_mean, config.image_std, center_crop=config.is_clip)
-
-
-@register_evaluator("vqa")
 def evaluate_vqa(model, tokenizer, task: VQATask, docs, options, report):
-    from mlxsmall.vlm import (IMAGE_PLACEHOLDER, encode_images, format_prompt, generate_vlm,
-                              tokenize_with_images)
-
     if not hasattr(model, "encode_image"):
-        raise MlxsmallError(f"{task.name}: needs a vision-language model (mlxsmall vlm eval MODEL)")
-    processor = vision_processor(model)
+        raise MlxsmallError(f"{task.name}: needs a vision-language model (see `mlxsmall vlm build`)")
+    processor = image_processor_for(model.vision_config)
     chat = {"on": True, "off": False}.get(getattr(options, "chat", "auto"))
     totals: Dict[str, float] = {}
     examples, encode_seconds = [], 0.0

@@ -24,7 +24,12 @@ from .atomic import atomic_directory
 from .safetensors_io import read_header
 from .errors import MlxsmallError
 from .mlx_lm_model_file import add_model_file
-from .models import ARCHITECTURES, get_architecture
+from .models import ARCHITECTURES, vlm
+
+# config.json `model_type` -> the models/ module the loader builds: our language models, and the
+# vision-language model (LLaVA layout), a vision tower + projector + one of them (its text_config).
+VISION_LANGUAGE_TYPE = "llava"
+MODEL_TYPES = {**ARCHITECTURES, VISION_LANGUAGE_TYPE: vlm}
 
 DTYPES = {"float32": mx.float32, "float16": mx.float16, "bfloat16": mx.bfloat16}
 TOKENIZER_FILES = (
@@ -79,14 +84,17 @@ def architecture_for(config: dict, source: str = "config.json"):
         raise MlxsmallError(f"{source}: missing field 'model_type'")
     if not isinstance(model_type, str):
         raise MlxsmallError(f"{source}: model_type must be a string")
-    try:
-        return get_architecture(model_type)
-    except ValueError as error:
-        raise MlxsmallError(f"{source}: {error}") from None
+    if model_type not in MODEL_TYPES:
+        raise MlxsmallError(f"{source}: unknown model_type {model_type!r}; supported: {', '.join(sorted(MODEL_TYPES))}")
+    return MODEL_TYPES[model_type]
 
 
 def model_args(config: dict, source: str = "config.json"):
     arch = architecture_for(config, source)
+    if arch is vlm and isinstance(config.get("text_config"), dict):
+        if config["text_config"].get("model_type") == VISION_LANGUAGE_TYPE:
+            raise MlxsmallError(f"{source}: text_config: a vision-language model cannot be the language model")
+        model_args(config["text_config"], f"{source}: text_config")
     required = [
         f.name
         for f in dataclasses.fields(arch.ModelArgs)
@@ -183,7 +191,12 @@ def load_model(
         raise MlxsmallError(f"{source}: quantization must be an object with integer group_size and bits")
     stop_strings(model_dir)
     headers = {f: read_header(f) for f in weight_files(model_dir)}
-    check_dimensions(config, {k: v["shape"] for h in headers.values() for k, v in h.items()}, source)
+    shapes = {k: v["shape"] for h in headers.values() for k, v in h.items()}
+    if config["model_type"] == VISION_LANGUAGE_TYPE:  # its language model's dimensions, against its tensors
+        text_shapes = {k[len("language_model."):]: v for k, v in shapes.items() if k.startswith("language_model.")}
+        check_dimensions(config["text_config"], text_shapes, f"{source}: text_config")
+    else:
+        check_dimensions(config, shapes, source)
 
     def get_classes(config):
         arch = architecture_for(config)
@@ -295,7 +308,7 @@ def save_model(
     """
     with atomic_directory(dst, overwrite=overwrite, action="save the model") as tmp:
         mlx_lm_save_weights(tmp, model)
-        # keep_vision_config: mlx-lm drops vision_config by default; VLMs (mlxsmall.vlm) need it.
+        # keep_vision_config: mlx-lm drops vision_config by default; VLMs (models/vlm.py) need it.
         config = add_model_file(tmp, dict(config))  # lets mlx-lm itself open the directory
         save_config(config, tmp / "config.json", keep_vision_config=True)
         if tokenizer is not None:
@@ -316,6 +329,6 @@ def weight_bytes(model: nn.Module) -> int:
 
 
 __all__ = [
-    "ARCHITECTURES", "build_model", "load_model",
+    "ARCHITECTURES", "MODEL_TYPES", "build_model", "load_model",
     "load_tokenizer", "model_args", "read_config", "save_model", "weight_bytes",
 ]

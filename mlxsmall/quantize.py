@@ -21,6 +21,8 @@ SUPPORTED_BITS = (2, 3, 4, 5, 6, 8)
 # mlx-lm's recipe names (low bits, high bits), llama.cpp Q*_K_M-like choices.
 RECIPES = {"mixed_2_6": (2, 6), "mixed_3_4": (3, 4), "mixed_3_6": (3, 6), "mixed_4_6": (4, 6)}
 LAYER_INDEX = re.compile(r"\blayers\.(\d+)\.")
+# A vision-language model's vision tower: quantized like the rest, kept unquantized in float16, or kept as is.
+VISION_TOWER_MODES = ("fp16", "quantize", "keep")
 
 
 def is_quantized(config: dict) -> bool:
@@ -100,12 +102,43 @@ def quantize_model(
     return config
 
 
+def quantize_vlm(model: nn.Module, config: dict, *, bits: int = 4, group_size: int = 64,
+                 recipe: Optional[str] = None, vision: str = "fp16") -> dict:
+    """Quantize a vision-language model's language model and projector; the vision tower follows
+    ``vision`` (``VISION_TOWER_MODES``): "quantize" (as the rest), "fp16" (kept unquantized in float16)
+    or "keep" (unquantized, dtype as is). Unquantized vision modules are written as
+    ``"<path>": false`` overrides in the quantization block."""
+    if vision not in VISION_TOWER_MODES:
+        raise MlxsmallError(f"vision tower mode {vision!r}: choose {', '.join(VISION_TOWER_MODES)}")
+    by_recipe = mixed_recipe(recipe, len(model.layers), group_size) if recipe is not None else None
+    kept = []
+
+    def predicate(path, module):
+        if path.startswith("vision_tower.") and vision != "quantize":
+            kept.append(path)
+            return False
+        return by_recipe(path, module) if by_recipe else True
+
+    config = quantize_model(model, config, bits=RECIPES[recipe][0] if recipe else bits, group_size=group_size,
+                            predicate=predicate)
+    for path in kept:
+        config["quantization"][path] = False
+    if vision == "fp16":
+        import mlx.core as mx
+        from mlx.utils import tree_map
+
+        model.vision_tower.update(tree_map(lambda p: p.astype(mx.float16) if mx.issubdtype(p.dtype, mx.floating)
+                                           else p, model.vision_tower.parameters()))
+    return config
+
+
 def quantize_checkpoint(
     model: nn.Module, config: dict, bits: int = 4, group_size: int = 64, recipe: Optional[str] = None,
-    source: str = "the model",
+    source: str = "the model", vision: str = "fp16",
 ) -> dict:
     """What ``mlxsmall quantize`` writes: the stored weights quantized in place (their float
-    dtype kept, norms untouched). A quantized source is expanded first, with a ``warning``
+    dtype kept, norms untouched); a vision-language model's vision tower as ``vision`` says
+    (``quantize_vlm``). A quantized source is expanded first, with a ``warning``
     event: its rounding errors stay, so re-quantizing a 4-bit model is not an 8-bit one."""
     if is_quantized(config):
         from mlx_lm.utils import dequantize_model
@@ -120,6 +153,8 @@ def quantize_checkpoint(
         )
         dequantize_model(model)
         config = {k: v for k, v in config.items() if k not in ("quantization", "quantization_config")}
+    if hasattr(model, "vision_tower"):
+        return quantize_vlm(model, config, bits=bits, group_size=group_size, recipe=recipe, vision=vision)
     return quantize_model(model, config, bits=bits, group_size=group_size, recipe=recipe)
 
 

@@ -9,7 +9,6 @@ from pathlib import Path
 import mlxsmall  # noqa: F401  (preloads OpenBLAS before mlx)
 import pytest
 
-import mlxsmall.eval.vqa  # noqa: F401  (registers the vision tasks, whose sample files are shipped too)
 from mlxsmall.errors import MlxsmallError
 from mlxsmall.eval import data_files
 from mlxsmall.eval.tasks import DATA_DIR, TASKS, fewshot_docs, load_docs, resolve_tasks

@@ -1,6 +1,7 @@
 """Vision-language model: encoders against a numpy reference, splicing, cache, quantization, conversion, CLI."""
 
 import json
+import sys
 from pathlib import Path
 
 import mlxsmall  # noqa: F401  (OpenBLAS before mlx)
@@ -12,6 +13,9 @@ from mlx.utils import tree_flatten
 from mlxsmall.errors import MlxsmallError
 from mlxsmall.models.projector import pool_patch_grid
 from mlxsmall.models.vision import VisionConfig, VisionModel
+
+sys.path.insert(0, str(Path(__file__).parent))  # tests/ helper modules (pytest runs in importlib mode)
+from user_cli import assert_one_line_error, mlxsmall, user_env  # noqa: E402
 
 TINY_CLIP = dict(model_type="clip_vision_model", hidden_size=32, intermediate_size=64, num_hidden_layers=3,
                  num_attention_heads=4, image_size=32, patch_size=8)
@@ -140,16 +144,16 @@ def test_presets_build_and_count_tokens():
 
 
 def tiny_vlm_config(tiny_config, arch="mobilellm", projector="mlp2x_gelu", vision=TINY_CLIP):
-    from mlxsmall.vlm import vlm_config
+    from mlxsmall.convert.vlm import vlm_config
 
     return vlm_config(tiny_config(arch), vision, projector_type=projector)
 
 
 def tiny_vlm_model(tiny_config, seed=0):
-    from mlxsmall.vlm import build_vlm_model
+    from mlxsmall.loading import build_model
 
     mx.random.seed(seed)
-    model = build_vlm_model(tiny_vlm_config(tiny_config))
+    model = build_model(tiny_vlm_config(tiny_config))
     mx.eval(model.parameters())
     return model
 
@@ -195,17 +199,27 @@ def test_cache_decode_equals_full_forward(tiny_vlm):
 
 
 def save_tiny_vlm(model, config, path, tokenizer_dir):
-    from mlxsmall.vlm import save_vlm
+    from mlxsmall.loading import save_model
 
-    return save_vlm(path, model, config, tokenizer_src_dir=tokenizer_dir)
+    return save_model(path, model, config, tokenizer_src_dir=tokenizer_dir)
+
+
+def load_with_processor(path, **options):
+    """``mlxsmall.load`` (the one loader) on a VLM directory, and the image processor the CLI asks for."""
+    from mlxsmall import load
+    from mlxsmall.images import image_processor_for
+
+    model, tokenizer = load(path, **options)
+    return model, tokenizer, image_processor_for(model.vision_config)
 
 
 def test_generation_with_and_without_image(tiny_vlm, tiny_config, tiny_tokenizer_dir, tmp_path):
     from mlxsmall.generation import generate
-    from mlxsmall.vlm import draw_shape, generate_vlm, load_vlm, stream_generate_vlm
+    from mlxsmall.eval.shapes import draw_shape
+    from mlxsmall.vlm import generate_vlm, stream_generate_vlm
 
     path = save_tiny_vlm(tiny_vlm, tiny_vlm_config(tiny_config), tmp_path / "vlm", tiny_tokenizer_dir)
-    model, tokenizer, processor = load_vlm(path)
+    model, tokenizer, processor = load_with_processor(path)
     image = draw_shape("circle", "red", 48)
     steps = list(stream_generate_vlm(model, tokenizer, processor, "What is this?", [image], max_tokens=5))
     assert steps[-1].image_tokens == 16 and steps[-1].image_encode_time > 0
@@ -219,10 +233,11 @@ def test_generation_with_and_without_image(tiny_vlm, tiny_config, tiny_tokenizer
 
 def test_chat_session_matches_one_shot_generation_and_reuses_the_cache(tiny_vlm, tiny_config,
                                                                         tiny_tokenizer_dir, tmp_path):
-    from mlxsmall.vlm import draw_shape, encode_images, generate_vlm, load_vlm, vision_chat_session
+    from mlxsmall.eval.shapes import draw_shape
+    from mlxsmall.vlm import encode_images, generate_vlm, vision_chat_session
 
     path = save_tiny_vlm(tiny_vlm, tiny_vlm_config(tiny_config), tmp_path / "vlm", tiny_tokenizer_dir)
-    model, tokenizer, processor = load_vlm(path)
+    model, tokenizer, processor = load_with_processor(path)
     image = draw_shape("triangle", "green", 48)
     features, _ = encode_images(model, processor, [image])
     session = vision_chat_session(model, tokenizer, features, max_tokens=6)
@@ -235,14 +250,15 @@ def test_chat_session_matches_one_shot_generation_and_reuses_the_cache(tiny_vlm,
 
 
 def test_quantize_round_trip_keeps_vision_fp16(tiny_vlm, tiny_config, tiny_tokenizer_dir, tmp_path):
-    from mlxsmall.vlm import load_vlm, quantize_vlm, save_vlm
+    from mlxsmall.loading import load_model
+    from mlxsmall.quantize import quantize_vlm
 
     config = tiny_vlm_config(tiny_config)
     quantized = quantize_vlm(tiny_vlm, config, bits=4, group_size=32, vision="fp16")
     block = quantized["quantization"]
     assert block["bits"] == 4 and block["vision_tower.vision_model.encoder.layers.0.self_attn.q_proj"] is False
-    path = save_vlm(tmp_path / "q4", tiny_vlm, quantized, tokenizer_src_dir=tiny_tokenizer_dir)
-    loaded, _, _ = load_vlm(path, dtype=None, dequantize=False)
+    path = save_tiny_vlm(tiny_vlm, quantized, tmp_path / "q4", tiny_tokenizer_dir)
+    loaded, _ = load_model(path)  # as stored
     params = dict(tree_flatten(loaded.parameters()))
     assert params["vision_tower.vision_model.encoder.layers.0.self_attn.q_proj.weight"].dtype == mx.float16
     assert "language_model.model.layers.0.self_attn.q_proj.scales" in params
@@ -252,18 +268,43 @@ def test_quantize_round_trip_keeps_vision_fp16(tiny_vlm, tiny_config, tiny_token
     assert mx.array_equal(loaded(ids, pixel_values=pixels), tiny_vlm(ids, pixel_values=pixels)).item()
 
 
-def test_quantized_vision_tower_round_trip(tiny_config, tiny_tokenizer_dir, tmp_path, capsys):
-    from mlxsmall.cli import main
-    from mlxsmall.vlm import load_vlm
+def test_the_one_loader_builds_and_checks_a_vlm(tiny_vlm, tiny_config, tiny_tokenizer_dir, tmp_path):
+    from mlxsmall import load
+    from mlxsmall.loading import load_model
+    from mlxsmall.models import vlm
+    from mlxsmall.quantize import quantize_vlm
+
+    config = tiny_vlm_config(tiny_config)
+    path = save_tiny_vlm(tiny_vlm, config, tmp_path / "vlm", tiny_tokenizer_dir)
+    model, loaded = load_model(path)
+    assert isinstance(model, vlm.Model) and loaded["model_type"] == "llava"
+    # On CPU `load` runs a quantized VLM as fp32, cast before dequantizing (as for every model).
+    q4 = save_tiny_vlm(tiny_vlm_model(tiny_config), quantize_vlm(tiny_vlm_model(tiny_config), config, bits=4,
+                       group_size=32), tmp_path / "q4", tiny_tokenizer_dir)
+    model, _ = load(q4, dtype="float32", dequantize=True)
+    params = dict(tree_flatten(model.parameters()))
+    assert not any(key.endswith(".scales") for key in params)
+    assert {v.dtype for v in params.values()} == {mx.float32}
+    # The language model's dimensions are checked against its tensors, as for a plain LM.
+    broken = json.loads((path / "config.json").read_text())
+    broken["text_config"]["num_hidden_layers"] = 7
+    (path / "config.json").write_text(json.dumps(broken))
+    with pytest.raises(MlxsmallError, match=r"config.json: text_config: num_hidden_layers = 7 but the weights hold"):
+        load_model(path)
+
+
+def test_quantize_command_quantizes_the_vision_tower_too(tiny_config, tiny_tokenizer_dir, tmp_path):
+    from mlxsmall.loading import load_model
 
     path = save_tiny_vlm(tiny_vlm_model(tiny_config), tiny_vlm_config(tiny_config), tmp_path / "vlm",
                          tiny_tokenizer_dir)
-    assert main(["vlm", "quantize", str(path), "-o", str(tmp_path / "q8"), "--bits", "8", "--group-size", "32",
-                 "--vision", "quantize"]) == 0
+    result = mlxsmall("quantize", path, "-o", tmp_path / "q8", "--bits", "8", "--group-size", "32",
+                      "--vision", "quantize", env=user_env(tmp_path, tmp_path / "cache"))
+    assert result.returncode == 0, result.stderr
     config = json.loads((tmp_path / "q8" / "config.json").read_text())
     assert config["quantization"] == {"group_size": 32, "bits": 8}
-    original, _, _ = load_vlm(path)
-    quantized, _, _ = load_vlm(tmp_path / "q8", dtype=None, dequantize=False)
+    original, _ = load_model(path)
+    quantized, _ = load_model(tmp_path / "q8")
     params = dict(tree_flatten(quantized.parameters()))
     assert "vision_tower.vision_model.encoder.layers.0.mlp.fc1.scales" in params
     assert "vision_tower.vision_model.embeddings.position_embedding.scales" in params
@@ -273,42 +314,44 @@ def test_quantized_vision_tower_round_trip(tiny_config, tiny_tokenizer_dir, tmp_
     assert float(mx.abs(a - b).max() / mx.abs(a).max()) < 0.05  # 8-bit: close, not equal
 
 
-def test_build_from_hf_tower_and_cli_generate(tmp_path, make_tiny_model, capsys):
-    from mlxsmall.cli import main
-    from mlxsmall.vlm import draw_shape, load_vlm
+def test_build_from_hf_tower_then_generate_and_chat_with_an_image(tmp_path, make_tiny_model):
+    from mlxsmall.eval.shapes import draw_shape
 
+    env = user_env(tmp_path, tmp_path / "cache")
     write_hf_vision_dir(tmp_path / "clip", TINY_CLIP, prefix="")
     lm = make_tiny_model("mobillama")
-    assert main(["vlm", "build", "--vision", str(tmp_path / "clip"), "--lm", str(lm), "-o",
-                 str(tmp_path / "vlm"), "--projector", "pool"]) == 0
-    model, _, processor = load_vlm(tmp_path / "vlm")
+    vlm = tmp_path / "vlm"
+    result = mlxsmall("vlm", "build", "--vision", tmp_path / "clip", "--lm", lm, "-o", vlm, "--projector", "pool",
+                      env=env)
+    assert result.returncode == 0, result.stderr
+    model, _, processor = load_with_processor(vlm)
     assert model.num_image_tokens == 4 and processor.image_mean == [0.5, 0.4, 0.3]
     draw_shape("square", "blue", 40).save(tmp_path / "square.png")
-    capsys.readouterr()
-    assert main(["vlm", "generate", str(tmp_path / "vlm"), "--image", str(tmp_path / "square.png"),
-                 "-p", "Describe the image.", "-m", "4"]) == 0
-    err = capsys.readouterr().err
-    assert "image encode:" in err and "(4 image tokens)" in err and "TTFT" in err
-    assert main(["vlm", "generate", str(tmp_path / "vlm"), "--image", str(tmp_path / "nope.png"), "-p", "x"]) == 2
-    assert "nope.png: no such image file" in capsys.readouterr().err
-    # The top-level commands route images and VLM directories to `mlxsmall vlm`.
-    assert main(["generate", str(tmp_path / "vlm"), "--image", str(tmp_path / "square.png"),
-                 "-p", "Describe the image.", "-m", "4"]) == 0
-    assert "(4 image tokens)" in capsys.readouterr().err
-    assert main(["generate", str(lm), "--image", str(tmp_path / "square.png"), "-p", "x"]) == 2
-    assert "--image needs a vision-language model" in capsys.readouterr().err
+    result = mlxsmall("generate", vlm, "--image", tmp_path / "square.png", "-p", "Describe the image.", "-m", "4",
+                      env=env)
+    assert result.returncode == 0, result.stderr
+    assert "image encode:" in result.stderr and "(4 image tokens)" in result.stderr and "TTFT" in result.stderr
+    assert_one_line_error(mlxsmall("generate", vlm, "--image", tmp_path / "nope.png", "-p", "x", env=env),
+                          "nope.png: no such image file")
+    assert_one_line_error(mlxsmall("generate", lm, "--image", tmp_path / "square.png", "-p", "x", env=env),
+                          "--image needs a vision-language model")
+    # chat: the image encoded once, then turns on the core chat session.
+    result = mlxsmall("chat", vlm, "--image", tmp_path / "square.png", "-m", "3", env=env,
+                      stdin="What is it?\nAnd the colour?\n/quit\n")
+    assert result.returncode == 0, result.stderr
+    assert "[1 image(s) encoded in" in result.stderr and "4 image tokens]" in result.stderr
 
 
 def test_build_with_siglip_tower_and_quantized_lm(tmp_path, make_tiny_model):
     from mlxsmall.convert.vlm import build_vlm
-    from mlxsmall.vlm import generate_vlm, load_vlm
+    from mlxsmall.vlm import generate_vlm
 
     write_hf_vision_dir(tmp_path / "siglip", TINY_SIGLIP)
     lm = make_tiny_model("mobilellm", bits=4, group_size=32)
     build_vlm(tmp_path / "siglip", lm, tmp_path / "vlm")
     config = json.loads((tmp_path / "vlm" / "config.json").read_text())
     assert config["quantization"]["bits"] == 4 and config["vision_config"]["model_type"] == "siglip_vision_model"
-    model, tokenizer, processor = load_vlm(tmp_path / "vlm", dtype=None, dequantize=False)
+    model, tokenizer, processor = load_with_processor(tmp_path / "vlm", dtype=None, dequantize=False)
     assert "language_model.model.layers.0.mlp.up_proj.scales" in dict(tree_flatten(model.parameters()))
     assert not processor.center_crop and model.num_image_tokens == 16  # SigLIP: no class token, squash resize
     from PIL import Image
@@ -323,7 +366,7 @@ def test_convert_llava_transformers5_layout(tiny_config, tiny_tokenizer_dir, tmp
     import shutil
 
     from mlxsmall.convert.vlm import convert_llava
-    from mlxsmall.vlm import build_vlm_model, load_vlm
+    from mlxsmall.loading import build_model
 
     text = dict(model_type="llama", hidden_size=64, intermediate_size=160, num_hidden_layers=2,
                 num_attention_heads=4, num_key_value_heads=2, vocab_size=330, rms_norm_eps=1e-5,
@@ -339,7 +382,7 @@ def test_convert_llava_transformers5_layout(tiny_config, tiny_tokenizer_dir, tmp
     mx.random.seed(3)
     ours_config = dict(hf_config, text_config=dict({k: v for k, v in text.items() if k != "rope_parameters"},
                                                    rope_theta=10000.0))
-    reference = build_vlm_model(ours_config)
+    reference = build_model(ours_config)
     weights = {}
     for key, value in tree_flatten(reference.parameters()):
         if key.startswith("vision_tower.vision_model."):
@@ -349,7 +392,7 @@ def test_convert_llava_transformers5_layout(tiny_config, tiny_tokenizer_dir, tmp
         weights[key] = value
     mx.save_safetensors(str(src / "model.safetensors"), weights)
     convert_llava(src, tmp_path / "converted")
-    model, tokenizer, _ = load_vlm(tmp_path / "converted")
+    model, tokenizer, _ = load_with_processor(tmp_path / "converted")
     ids = mx.array([[1, 2] + [320] * 16 + [3, 4]])
     pixels = mx.random.normal((1, 32, 32, 3))
     np.testing.assert_allclose(np.array(model(ids, pixel_values=pixels)),
@@ -363,7 +406,7 @@ def test_convert_llava_transformers5_layout(tiny_config, tiny_tokenizer_dir, tmp
 def test_image_processor_resize_crop_normalise():
     from PIL import Image
 
-    from mlxsmall.vlm import ImageProcessor
+    from mlxsmall.images import ImageProcessor
 
     image = Image.new("RGB", (64, 32), (255, 0, 0))
     image.paste((0, 0, 255), (0, 0, 8, 32))  # blue left edge: cropped away by the center crop
@@ -383,7 +426,7 @@ def noisy_image(width, height, seed=0):
 
 
 def test_clip_resize_truncates_the_long_side_like_transformers():
-    from mlxsmall.vlm import ImageProcessor
+    from mlxsmall.images import ImageProcessor
 
     clip = ImageProcessor(224, [0.5] * 3, [0.5] * 3, center_crop=True)
     # int(224 * 640 / 480) = 298 (rounding gave 299); values from transformers'
@@ -399,7 +442,7 @@ def test_clip_resize_truncates_the_long_side_like_transformers():
 def test_image_processor_matches_transformers_clip_and_siglip(size):
     transformers = pytest.importorskip("transformers")
     from mlxsmall.models.vision import CLIP_MEAN, CLIP_STD
-    from mlxsmall.vlm import ImageProcessor
+    from mlxsmall.images import ImageProcessor
 
     image = noisy_image(*size)
     references = [
@@ -418,7 +461,8 @@ def test_load_image_from_a_url_served_locally(tmp_path):
     import http.server
     import threading
 
-    from mlxsmall.vlm import draw_shape, load_image
+    from mlxsmall.eval.shapes import draw_shape
+    from mlxsmall.images import load_image
 
     draw_shape("circle", "blue", 24).save(tmp_path / "c.png")
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))

@@ -1,14 +1,19 @@
 """VQA task: the VQAv2 metric, sample sets with drawn images, and the evaluator on a tiny VLM."""
 
 import json
+import sys
+from pathlib import Path
 
 import mlxsmall  # noqa: F401
 import mlx.core as mx
 import pytest
 
-from mlxsmall.eval import vqa
+from mlxsmall.eval import tasks as task_table, vqa
 from mlxsmall.eval.runner import EvalOptions, evaluate
 from mlxsmall.eval.tasks import load_docs, resolve_tasks
+
+sys.path.insert(0, str(Path(__file__).parent))  # tests/ helper modules (pytest runs in importlib mode)
+from user_cli import mlxsmall, user_env  # noqa: E402
 
 TINY_CLIP = dict(model_type="clip_vision_model", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                  num_attention_heads=4, image_size=32, patch_size=8)
@@ -36,17 +41,18 @@ def test_sample_sets_load_and_draw():
         image = vqa.doc_image(docs[0])
         assert image.size == (64, 64) and image.mode == "RGB"
     hub_like = {"question": "q", "answers": [{"answer": "yes", "answer_confidence": "yes", "answer_id": 1}]}
-    assert vqa.vqav2_request(hub_like)["answers"] == ["yes"]
+    assert task_table.vqav2_request(hub_like)["answers"] == ["yes"]
+    assert "vqav2" not in [t.name for t in resolve_tasks(["all"])]  # "all": what a language model can run
 
 
 def test_evaluator_runs_on_a_tiny_vlm(tiny_config, tiny_tokenizer_dir, tmp_path):
     import shutil
 
-    from mlxsmall.loading import load_tokenizer
-    from mlxsmall.vlm import build_vlm_model, vlm_config
+    from mlxsmall.convert.vlm import vlm_config
+    from mlxsmall.loading import build_model, load_tokenizer
 
     mx.random.seed(0)
-    model = build_vlm_model(vlm_config(tiny_config("mobilellm"), TINY_CLIP, projector_type="pool_mlp2x_gelu"))
+    model = build_model(vlm_config(tiny_config("mobilellm"), TINY_CLIP, projector_type="pool_mlp2x_gelu"))
     tokenizer_dir = shutil.copytree(tiny_tokenizer_dir, tmp_path / "tokenizer")
     (tokenizer_dir / "config.json").write_text(json.dumps({"eos_token_id": 2}))
     tokenizer = load_tokenizer(tokenizer_dir)
@@ -58,3 +64,17 @@ def test_evaluator_runs_on_a_tiny_vlm(tiny_config, tiny_tokenizer_dir, tmp_path)
     assert results["vqav2"]["n"] == 3 and results["vqav2"]["metrics"]["image_encode_ms"] > 0
     assert results["scienceqa"]["examples"][0]["prediction"] in ("circle", "square", "triangle", "red", "green",
                                                                   "blue", "yellow")
+
+
+def test_eval_command_runs_the_vqa_tasks_on_a_vlm_directory(tiny_config, tiny_tokenizer_dir, tmp_path):
+    from mlxsmall.convert.vlm import vlm_config
+    from mlxsmall.loading import build_model, save_model
+
+    config = vlm_config(tiny_config("mobilellm"), TINY_CLIP, projector_type="pool_mlp2x_gelu")
+    save_model(tmp_path / "vlm", build_model(config), config, tokenizer_src_dir=tiny_tokenizer_dir)
+    result = mlxsmall("eval", tmp_path / "vlm", "--tasks", "vqav2,scienceqa", "--limit", "2",
+                      "-o", tmp_path / "results.json", env=user_env(tmp_path, tmp_path / "cache"))
+    assert result.returncode == 0, result.stderr
+    run = json.loads((tmp_path / "results.json").read_text())["runs"][0]
+    assert run["tasks"]["vqav2"]["n"] == 2 and 0.0 <= run["tasks"]["vqav2"]["metrics"]["vqa_accuracy"] <= 1.0
+    assert 0.0 <= run["tasks"]["scienceqa"]["metrics"]["accuracy"] <= 1.0

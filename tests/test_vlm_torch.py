@@ -39,8 +39,8 @@ def test_vision_tower_matches_transformers(tmp_path, kind):
 def test_llava_logits_match_transformers(tmp_path, tiny_tokenizer_dir):
     import shutil
 
+    from mlxsmall import load
     from mlxsmall.convert.vlm import convert_llava
-    from mlxsmall.vlm import load_vlm
 
     torch.manual_seed(0)
     config = transformers.LlavaConfig(
@@ -53,7 +53,7 @@ def test_llava_logits_match_transformers(tmp_path, tiny_tokenizer_dir):
     for name in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copy(tiny_tokenizer_dir / name, tmp_path / "llava" / name)
     convert_llava(tmp_path / "llava", tmp_path / "ours")
-    model, _, _ = load_vlm(tmp_path / "ours")
+    model, _ = load(tmp_path / "ours")
     ids = [1, 2, 3] + [320] * 16 + [4, 5, 6]
     pixels = torch.randn(1, 3, 32, 32)
     with torch.no_grad():

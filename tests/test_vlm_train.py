@@ -8,8 +8,12 @@ import mlx.core as mx
 import numpy as np
 from mlx.utils import tree_flatten
 
-from mlxsmall.train.vlm_train import TrainConfig, read_samples, tokenize_sample, train_vlm
-from mlxsmall.vlm import ImageProcessor, build_vlm_model, draw_shape, vlm_config
+from mlxsmall.convert.vlm import vlm_config
+from mlxsmall.eval.shapes import draw_shape
+from mlxsmall.images import image_processor_for
+from mlxsmall.loading import build_model
+from mlxsmall.train.trainer import TrainConfig
+from mlxsmall.train.vlm_train import VLMTrainSettings, read_samples, tokenize_sample, train_vlm
 
 TINY_CLIP = dict(model_type="clip_vision_model", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                  num_attention_heads=4, image_size=32, patch_size=8)
@@ -30,7 +34,7 @@ def setup(tmp_path, tiny_config, tiny_tokenizer_dir):
     (tmp_path / "data.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
     mx.random.seed(0)
     config = vlm_config(tiny_config("mobilellm"), TINY_CLIP)
-    model = build_vlm_model(config)
+    model = build_model(config)
     mx.eval(model.parameters())
     return model, config, load_tokenizer(tokenizer_dir), read_samples(tmp_path / "data.jsonl")
 
@@ -53,18 +57,21 @@ def test_loss_mask_covers_only_assistant_turns(tmp_path, tiny_config, tiny_token
 
 def test_stage1_trains_only_the_projector_and_stage2_lora_fuses(tmp_path, tiny_config, tiny_tokenizer_dir):
     model, _, tokenizer, samples = setup(tmp_path, tiny_config, tiny_tokenizer_dir)
-    processor = ImageProcessor.for_vision_config(TINY_CLIP)
+    processor = image_processor_for(TINY_CLIP)
     vision0, lm0, proj0 = snapshot(model.vision_tower), snapshot(model.language_model), \
         snapshot(model.multi_modal_projector)
     history = train_vlm(model, tokenizer, processor, samples,
-                        TrainConfig(stage="projector", steps=30, batch_size=4, learning_rate=3e-3, log_every=5))
+                        VLMTrainSettings(stage="projector", train=TrainConfig(
+                            steps=30, batch_size=4, learning_rate=3e-3, min_learning_rate=1.5e-4, warmup_steps=10,
+                            report_every=5)))
     assert history[-1]["loss"] < history[0]["loss"]
     assert not changed(vision0, snapshot(model.vision_tower))
     assert not changed(lm0, snapshot(model.language_model))
     assert changed(proj0, snapshot(model.multi_modal_projector)) == set(proj0)
 
     train_vlm(model, tokenizer, processor, samples,
-              TrainConfig(stage="finetune", steps=4, batch_size=4, lora_rank=4, learning_rate=1e-3, log_every=2))
+              VLMTrainSettings(stage="finetune", lora_rank=4, train=TrainConfig(
+                  steps=4, batch_size=4, learning_rate=1e-3, min_learning_rate=5e-5, warmup_steps=10, report_every=2)))
     assert not changed(vision0, snapshot(model.vision_tower))
     lm1 = snapshot(model.language_model)
     assert set(lm1) == set(lm0)  # LoRA adapters fused away: same parameter names as before
@@ -72,11 +79,12 @@ def test_stage1_trains_only_the_projector_and_stage2_lora_fuses(tmp_path, tiny_c
 
 
 def test_cli_train_writes_a_loadable_model(tmp_path, tiny_config, tiny_tokenizer_dir, capsys):
+    from mlxsmall import load
     from mlxsmall.cli import main
-    from mlxsmall.vlm import load_vlm, save_vlm
+    from mlxsmall.loading import save_model
 
     model, config, _, _ = setup(tmp_path, tiny_config, tiny_tokenizer_dir)
-    save_vlm(tmp_path / "vlm", model, config, tokenizer_src_dir=tmp_path / "tokenizer")
+    save_model(tmp_path / "vlm", model, config, tokenizer_src_dir=tmp_path / "tokenizer")
     train = ["vlm", "train", str(tmp_path / "vlm"), "--data", str(tmp_path / "data.jsonl"), "--stage", "finetune",
              "--batch-size", "4", "-o", str(tmp_path / "out")]
     assert main(train + ["--steps", "2", "--valid", str(tmp_path / "data.jsonl")]) == 0
@@ -89,7 +97,7 @@ def test_cli_train_writes_a_loadable_model(tmp_path, tiny_config, tiny_tokenizer
     assert main(train + ["--steps", "3", "--resume"]) == 0  # the shared trainer's exact resume
     log = [json.loads(l) for l in (tmp_path / "out.run" / "train_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log if r["phase"] == "step"] == [1, 2, 3]
-    trained, _, _ = load_vlm(tmp_path / "out")
+    trained, _ = load(tmp_path / "out")
     assert trained.num_image_tokens == 16
     assert main(["vlm", "train", str(tmp_path / "vlm"), "--data", str(tmp_path / "missing.json"),
                  "-o", str(tmp_path / "x")]) == 2

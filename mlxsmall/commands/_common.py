@@ -26,11 +26,12 @@ def add_model_argument(parser, required=False):
 
 def add_image_argument(parser):
     parser.add_argument("-i", "--image", action="append", default=[], metavar="PATH_OR_URL",
-                        help="image file or URL for a vision-language model (repeatable; see `mlxsmall vlm`)")
+                        help="image file or URL for a vision-language model (repeatable; build one: `mlxsmall vlm`)")
 
 
 def vision_language_route(args) -> bool:
-    """True when the request belongs to `mlxsmall vlm` (an image, or a VLM directory)."""
+    """True when the model is a vision-language model directory (its images go with the prompt);
+    --image with a text-only model is an error."""
     from ..errors import MlxsmallError
 
     if args.model:

@@ -17,7 +17,7 @@ examples:
   mlxsmall chat                          # offline default model
   mlxsmall chat mobillama-q4             # downloads, converts, quantizes, caches once
   mlxsmall chat ./my-model --system "You are terse." --temp 0.7
-  mlxsmall chat ./my-vlm --image photo.jpg   # vision-language model (see `mlxsmall vlm`)
+  mlxsmall chat ./my-vlm --image photo.jpg   # vision-language model: the image encoded once
 """
 
 
@@ -43,19 +43,24 @@ def run(args):
     from ..chat import ChatSession
     from ..loading import read_config, stop_strings
 
-    if vision_language_route(args):
-        from .vlm import run_chat
+    vision = vision_language_route(args)
+    if vision:
+        from ..images import load_image
 
-        return run_chat(args)
+        images = [load_image(source) for source in args.image]  # a bad image fails before the model loads
     model, tokenizer, path = load_for_run(args)
     config = read_config(path)
-    context = args.context or config.get("max_position_embeddings") or 2048
-    session = ChatSession(
-        model, tokenizer, context_length=context, max_tokens=min(args.max_tokens, context // 2),
-        system=args.system, template=None if args.template == "tokenizer" else args.template,
-        stop=stop_strings(path) + args.stop,
-    )
+    context = args.context or config.get("text_config", config).get("max_position_embeddings") or 2048
+    options = dict(context_length=context, max_tokens=min(args.max_tokens, context // 2), system=args.system,
+                   template=None if args.template == "tokenizer" else args.template,
+                   stop=stop_strings(path) + args.stop)
+    images_prefix = ""  # the images' placeholders, put before the first message of a conversation
+    if vision:
+        session, images_prefix = vision_session(model, tokenizer, images, options)
+    else:
+        session = ChatSession(model, tokenizer, **options)
     print(f"chatting with {path.name} ({session.template_name} template). /reset, /quit, Ctrl-C stops an answer.")
+    prefix = images_prefix
     while True:
         try:
             text = input(">> ")
@@ -72,15 +77,31 @@ def run(args):
             return 0
         if command == "/reset":
             session.reset()
+            prefix = images_prefix
             print("[conversation cleared]")
             continue
         try:
-            for step in session.send(text, **sampling_kwargs(args)):
+            for step in session.send(prefix + text, **sampling_kwargs(args)):
                 sys.stdout.write(step.text)
                 sys.stdout.flush()
         except KeyboardInterrupt:
             print("\n[answer stopped]")
             continue
+        finally:
+            prefix = ""
         for notice in session.notices:
             print(f"\n[{notice}]", file=sys.stderr)
         print()
+
+
+def vision_session(model, tokenizer, images, options):
+    """A chat about ``images``, encoded once: ``(session, placeholders for the first message)``."""
+    from ..images import image_processor_for
+    from ..vlm import IMAGE_PLACEHOLDER, encode_images, vision_chat_session
+
+    features = None
+    if images:
+        features, seconds = encode_images(model, image_processor_for(model.vision_config), images)
+        print(f"[{len(images)} image(s) encoded in {seconds * 1000:.0f} ms, "
+              f"{model.num_image_tokens * len(images)} image tokens]", file=sys.stderr)
+    return vision_chat_session(model, tokenizer, features, **options), (IMAGE_PLACEHOLDER + "\n") * len(images)

@@ -11,7 +11,8 @@ EPILOG = """\
 tasks (groups in brackets):
   [commonsense] arc_easy arc_challenge boolq piqa siqa hellaswag openbookqa winogrande
   [knowledge] mmlu   [reasoning] gsm8k   [qa] hotpotqa dolly   [summarization] cnn_dailymail xsum
-  [code] sql   [perplexity] wikitext   [safety] safety        all = every task
+  [code] sql   [perplexity] wikitext   [safety] safety        all = every task above
+  [vqa] vqav2 textvqa gqa scienceqa   vision-language models only (images drawn offline)
 
 Every task ships a small sample set written for mlxsmall (--data sample, the default,
 offline); --data hub downloads the real dataset with the `datasets` package; --data PATH
@@ -28,6 +29,7 @@ examples:
   mlxsmall eval mobillama-q4 --tasks mmlu --shots 5 --data hub --limit 200
   mlxsmall eval ./my-model --tasks wikitext --text-file notes.txt
   mlxsmall eval --tasks arc_easy --data my_questions.jsonl
+  mlxsmall eval ./my-vlm --tasks vqa --limit 50
 """
 
 DATA_HELP = """
@@ -45,7 +47,8 @@ def register(subparsers):
     parser = subparsers.add_parser(
         "eval", help="evaluate quality on benchmark tasks, across bit widths",
         description="Score a model (or several precisions of it side by side) on QA, summarization, "
-        "text-to-SQL, multiple choice, GSM8K, perplexity and trust & safety tasks.",
+        "text-to-SQL, multiple choice, GSM8K, perplexity and trust & safety tasks; a vision-language model "
+        "on visual question answering.",
         epilog=EPILOG + DATA_HELP.format(fields=describe()), formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("model", nargs="?", default=None,

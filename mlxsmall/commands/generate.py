@@ -44,12 +44,10 @@ def register(subparsers):
 def run(args):
     from ..errors import MlxsmallError
 
-    if vision_language_route(args):
-        from .vlm import run_generate
-
-        args.no_chat = False
-        return run_generate(args)
+    vision = vision_language_route(args)
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+    if vision:
+        return run_with_images(args, prompt)
     if not prompt.strip():
         raise MlxsmallError("the prompt is empty: pass some text with -p (or -p - to read stdin)")
 
@@ -65,23 +63,46 @@ def run(args):
         prompt = apply_chat_template(tokenizer, [{"role": "user", "content": prompt}], path)
     tokens = encode_prompt(tokenizer, prompt)
     max_tokens = fit_context(len(tokens), args.max_tokens, read_config(path), path, args.quiet)
-    last = None
     with prefill_progress(len(tokens), quiet=args.quiet):
-        try:
-            for step in stream_generate(
-                model, tokenizer, tokens, max_tokens=max_tokens,
-                stop=args.stop + (stop_strings(path) if chat else []),
-                **sampling_kwargs(args),
-            ):
-                sys.stdout.write(step.text)
-                sys.stdout.flush()
-                last = step
-        except KeyboardInterrupt:
-            print("\n[stopped]", file=sys.stderr)
-    print()
+        last = print_stream(stream_generate(model, tokenizer, tokens, max_tokens=max_tokens,
+                                            stop=args.stop + (stop_strings(path) if chat else []),
+                                            **sampling_kwargs(args)))
     if last is not None and not args.quiet:
         print(format_stats(last), file=sys.stderr)
     return 0
+
+
+def run_with_images(args, prompt: str):
+    """A vision-language model: the images encoded (timed apart), then the one generation loop."""
+    from ..images import image_processor_for, load_image
+    from ..vlm import stream_generate_vlm
+
+    images = [load_image(source) for source in args.image]  # a bad image fails before the model loads
+    model, tokenizer, _ = load_for_run(args)
+    last = print_stream(stream_generate_vlm(
+        model, tokenizer, image_processor_for(model.vision_config), prompt, images, chat=False if args.raw else None,
+        max_tokens=args.max_tokens, stop=args.stop, **sampling_kwargs(args)))
+    if last is not None and not args.quiet:
+        encode = f"{last.image_encode_time * 1000:.0f} ms" if last.image_tokens else "no image"
+        print(f"image encode: {encode} ({last.image_tokens} image tokens) | TTFT (prefill, after encode): "
+              f"{last.time_to_first_token * 1000:.0f} ms, {last.prompt_tokens} prompt tokens | generation: "
+              f"{last.generation_tokens} tokens, {last.generation_tps:.1f} tok/s | peak memory: "
+              f"{last.peak_memory:.3f} GB", file=sys.stderr)
+    return 0
+
+
+def print_stream(steps):
+    """Write each step's text as it comes (Ctrl-C stops); returns the last step."""
+    last = None
+    try:
+        for step in steps:
+            sys.stdout.write(step.text)
+            sys.stdout.flush()
+            last = step
+    except KeyboardInterrupt:
+        print("\n[stopped]", file=sys.stderr)
+    print()
+    return last
 
 
 def apply_chat_template(tokenizer, messages, path) -> str:

@@ -3,7 +3,7 @@
 import argparse
 from pathlib import Path
 
-from ..quantize import RECIPES, SUPPORTED_BITS
+from ..quantize import RECIPES, SUPPORTED_BITS, VISION_TOWER_MODES
 
 EPILOG = f"""\
 Shared weights stay shared: MobiLlama's FFN and layer-shared blocks are
@@ -13,9 +13,13 @@ mixed recipes (llama.cpp Q*_K_M style): {', '.join(RECIPES)}
   low bits for most layers, high bits for the output head / embedding, the
   shared FFN and the value/down projections of the first and last blocks.
 
+A vision-language model (`mlxsmall vlm`): the language model and projector are
+quantized; --vision says what happens to the vision tower.
+
 examples:
   mlxsmall quantize ./mobillama-05b -o ./mobillama-05b-q4 --bits 4
   mlxsmall quantize ./mobilellm-125m -o ./mobilellm-125m-mixed --mixed mixed_3_6
+  mlxsmall quantize ./my-vlm -o ./my-vlm-q4 --bits 4 --vision fp16
 """
 
 
@@ -32,6 +36,9 @@ def register(subparsers):
                         help="weights sharing one scale and bias (default 64)")
     parser.add_argument("--mixed", choices=sorted(RECIPES), default=None, metavar="RECIPE",
                         help="mixed-precision recipe (overrides --bits per module)")
+    parser.add_argument("--vision", choices=VISION_TOWER_MODES, default="fp16",
+                        help="vision-language models: the vision tower kept unquantized in fp16 (default), "
+                        "quantized like the rest, or kept as stored")
     parser.add_argument("--force", action="store_true", help="replace the output directory if it exists")
     parser.set_defaults(func=run)
 
@@ -51,7 +58,7 @@ def run(args):
     model, config = load_model(source)
     with printed_warnings():
         config = quantize_checkpoint(model, config, bits=args.bits, group_size=args.group_size, recipe=args.mixed,
-                                     source=str(args.source))
+                                     source=str(args.source), vision=args.vision)
     save_model(args.output, model, config, tokenizer_src_dir=source, overwrite=args.force)
     print(f"wrote {args.output}: {bits_per_weight(model):.2f} bits per weight")
     return 0

@@ -1,20 +1,24 @@
-"""mlxsmall vlm: vision-language models (build, convert, generate, chat, train, quantize)."""
+"""mlxsmall vlm: what only vision-language models need (build one from parts, convert a LLaVA checkpoint, train).
+
+Running one goes through the main commands: generate/chat --image, quantize --vision, eval --tasks vqa."""
 
 import argparse
-import sys
 
 from ..errors import MlxsmallError
-from ._common import Formatter, add_sampling_arguments, sampling_kwargs
+from ._common import Formatter
 
 EPILOG = """\
 examples:
   mlxsmall vlm build --vision ./clip-vit-b16 --lm mobilellm-125m -o ./my-vlm --projector pool
   mlxsmall vlm train ./my-vlm --data captions.jsonl --stage projector -o ./my-vlm-s1
   mlxsmall vlm train ./my-vlm-s1 --data llava_instruct.json --stage finetune --lora-rank 8 -o ./my-vlm-s2
-  mlxsmall vlm generate ./my-vlm-s2 --image photo.jpg -p "What is in the picture?"
-  mlxsmall vlm chat ./my-vlm-s2 --image https://example.com/cat.png
-  mlxsmall vlm quantize ./my-vlm-s2 -o ./my-vlm-q4 --bits 4 --vision fp16
   mlxsmall vlm convert ./llava-hf-checkpoint -o ./llava-mlx
+
+running one: the main commands take a VLM directory
+  mlxsmall generate ./my-vlm-s2 --image photo.jpg -p "What is in the picture?"
+  mlxsmall chat ./my-vlm-s2 --image https://example.com/cat.png
+  mlxsmall quantize ./my-vlm-s2 -o ./my-vlm-q4 --bits 4 --vision fp16
+  mlxsmall eval ./my-vlm-s2 --tasks vqa --limit 50
 
 A VLM directory is our usual model format (config.json + safetensors + tokenizer) with LLaVA keys:
 vision_tower.*, multi_modal_projector.*, language_model.*.
@@ -23,7 +27,7 @@ vision_tower.*, multi_modal_projector.*, language_model.*.
 
 def register(subparsers):
     parser = subparsers.add_parser(
-        "vlm", help="vision-language models: build, train, chat about images",
+        "vlm", help="vision-language models: build, convert, train",
         description="Small vision-language models: a CLIP/SigLIP vision tower, a projector and one of "
         "our language models (LLaVA layout).", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(title="subcommands", metavar="SUBCOMMAND")
@@ -53,19 +57,6 @@ def register(subparsers):
     convert.add_argument("--force", action="store_true")
     convert.set_defaults(func=run_convert)
 
-    for name, help_text in (("generate", "answer one prompt about images"), ("chat", "chat about an image")):
-        p = sub.add_parser(name, help=help_text, formatter_class=Formatter)
-        p.add_argument("model", help="VLM directory")
-        p.add_argument("-i", "--image", action="append", default=[], metavar="PATH_OR_URL",
-                       help="image file or http(s) URL (repeatable)")
-        if name == "generate":
-            p.add_argument("-p", "--prompt", required=True, help="question / instruction ('-' reads stdin)")
-            p.add_argument("--no-chat", action="store_true", help="do not apply the chat template")
-        p.add_argument("--dtype", default="auto", choices=["auto", "stored", "float32", "float16", "bfloat16"],
-                       help="auto = fp32 on CPU (fastest there), stored elsewhere")
-        add_sampling_arguments(p)
-        p.set_defaults(func=run_generate if name == "generate" else run_chat)
-
     train = sub.add_parser("train", help="stage 1 (projector) or stage 2 (projector + LM) training",
                            formatter_class=Formatter,
                            description="Stage 1: --stage projector on image-caption JSON/JSONL "
@@ -91,112 +82,7 @@ def register(subparsers):
     train.add_argument("--force", action="store_true", help="overwrite OUTPUT and start --run-dir over")
     train.set_defaults(func=run_train)
 
-    quant = sub.add_parser("quantize", help="quantize the LM and projector; vision tower fp16 or quantized",
-                           formatter_class=Formatter)
-    quant.add_argument("model", help="VLM directory")
-    quant.add_argument("-o", "--output", required=True)
-    quant.add_argument("--bits", type=int, default=4)
-    quant.add_argument("--group-size", type=int, default=64)
-    quant.add_argument("--vision", choices=["fp16", "quantize", "keep"], default="fp16",
-                       help="vision tower: fp16 (unquantized, per-module overrides), quantize, or keep as stored")
-    quant.add_argument("--force", action="store_true")
-    quant.set_defaults(func=run_quantize)
-    evaluate = sub.add_parser("eval", help="VQA tasks: vqav2, textvqa, gqa, scienceqa (group: vqa)",
-                              formatter_class=Formatter,
-                              description="Visual question answering. --data sample (default) runs the tiny "
-                              "offline sets in eval/data (images drawn with Pillow); --data hub downloads the "
-                              "real datasets with the `datasets` package.")
-    evaluate.add_argument("model", help="VLM directory")
-    evaluate.add_argument("--tasks", default="vqa", help="comma-separated tasks or the group 'vqa'")
-    evaluate.add_argument("--limit", type=int, default=None, help="documents per task")
-    evaluate.add_argument("--data", choices=["sample", "hub"], default="sample")
-    evaluate.add_argument("--chat", choices=["auto", "on", "off"], default="auto",
-                          help="prompts through the chat template (auto: when the tokenizer has one)")
-    evaluate.add_argument("--dtype", default="auto", choices=["auto", "stored", "float32", "float16", "bfloat16"])
-    evaluate.add_argument("-o", "--output", help="write the results as JSON here")
-    evaluate.set_defaults(func=run_eval)
     parser.set_defaults(func=lambda args: parser.print_help() or 0)
-
-
-def load(args):
-    from ..vlm import load_vlm
-
-    if args.dtype == "stored":
-        return load_vlm(args.model, dtype=None, dequantize=False)
-    if args.dtype == "auto":
-        return load_vlm(args.model)
-    return load_vlm(args.model, dtype=args.dtype, dequantize=True)
-
-
-def format_stats(step) -> str:
-    encode = f"{step.image_encode_time * 1000:.0f} ms" if step.image_encode_time else "reused"
-    if not step.image_tokens:
-        encode = "no image"
-    return (f"image encode: {encode} ({step.image_tokens} image tokens) | "
-            f"TTFT (prefill, after encode): {step.time_to_first_token * 1000:.0f} ms, "
-            f"{step.prompt_tokens} prompt tokens | generation: {step.generation_tokens} tokens, "
-            f"{step.generation_tps:.1f} tok/s | peak memory: {step.peak_memory:.3f} GB")
-
-
-def stream_to_stdout(steps):
-    """Print the steps' text as it comes; returns ``(last step, whole text)``."""
-    last, pieces = None, []
-    try:
-        for step in steps:
-            sys.stdout.write(step.text)
-            sys.stdout.flush()
-            pieces.append(step.text)
-            last = step
-    except KeyboardInterrupt:
-        print("\n[stopped]", file=sys.stderr)
-    print()
-    return last, "".join(pieces)
-
-
-def run_generate(args):
-    from ..vlm import load_image, stream_generate_vlm
-
-    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
-    images = [load_image(source) for source in args.image]
-    model, tokenizer, processor = load(args)
-    last, _ = stream_to_stdout(stream_generate_vlm(
-        model, tokenizer, processor, prompt, images, chat=False if args.no_chat else None,
-        max_tokens=args.max_tokens, stop=args.stop, **sampling_kwargs(args)))
-    if last is not None:
-        print(format_stats(last), file=sys.stderr)
-    return 0
-
-
-def run_chat(args):
-    from ..vlm import IMAGE_PLACEHOLDER, encode_images, load_image, vision_chat_session
-
-    images = [load_image(source) for source in args.image]
-    model, tokenizer, processor = load(args)
-    features, seconds = encode_images(model, processor, images) if images else (None, 0.0)
-    if images:
-        print(f"[{len(images)} image(s) encoded in {seconds * 1000:.0f} ms, "
-              f"{model.num_image_tokens * len(images)} image tokens]", file=sys.stderr)
-    session = vision_chat_session(model, tokenizer, features, max_tokens=args.max_tokens, stop=list(args.stop))
-    print("Type a message (empty line or Ctrl-D to quit).", file=sys.stderr)
-    first = True
-    while True:
-        try:
-            text = input(">>> ").strip()
-        except EOFError:
-            break
-        if not text:
-            break
-        if first and images:
-            text = (IMAGE_PLACEHOLDER + "\n") * len(images) + text
-        first = False
-        last, _ = stream_to_stdout(session.send(text, **sampling_kwargs(args)))
-        for notice in session.notices:
-            print(f"[{notice}]", file=sys.stderr)
-        if last is not None:
-            print(f"TTFT: {last.time_to_first_token * 1000:.0f} ms ({last.prompt_tokens} new prompt tokens, "
-                  f"image encoded once) | generation: {last.generation_tokens} tokens, {last.generation_tps:.1f} tok/s",
-                  file=sys.stderr)
-    return 0
 
 
 def run_build(args):
@@ -222,21 +108,25 @@ def run_train(args):
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from ..loading import read_config
-    from ..train.vlm_train import TrainConfig, read_samples, train_vlm
-    from ..vlm import load_vlm, save_vlm
+    from ..hub import load
+    from ..images import image_processor_for
+    from ..loading import read_config, save_model
+    from ..train.trainer import TrainConfig
+    from ..train.vlm_train import VLMTrainSettings, read_samples, train_vlm
 
     from pathlib import Path
 
     if Path(args.output).exists() and not (args.force or args.resume):
         raise MlxsmallError(f"{args.output}: already exists (pass --force to replace it)")
     samples = read_samples(args.data)
-    model, tokenizer, processor = load_vlm(args.model)
+    model, tokenizer = load(args.model)
+    if not hasattr(model, "vision_tower"):
+        raise MlxsmallError(f"{args.model}: not a vision-language model (build one with `mlxsmall vlm build`)")
     config = read_config(args.model)
-    train_config = TrainConfig(stage=args.stage, steps=args.steps, batch_size=args.batch_size,
-                               grad_accumulation=args.grad_accumulation, max_length=args.max_length,
-                               learning_rate=args.learning_rate, lora_rank=args.lora_rank, seed=args.seed,
-                               log_every=max(1, args.steps // 100), save_every=args.save_every)
+    settings = VLMTrainSettings(stage=args.stage, max_length=args.max_length, lora_rank=args.lora_rank, train=TrainConfig(
+        steps=args.steps, batch_size=args.batch_size, grad_accumulation=args.grad_accumulation,
+        learning_rate=args.learning_rate, min_learning_rate=args.learning_rate * 0.05, warmup_steps=10,
+        seed=args.seed, report_every=max(1, args.steps // 100), save_every=args.save_every))
     run_dir = args.run_dir or f"{args.output.rstrip('/')}.run"
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                TextColumn("{task.fields[status]}"), TimeRemainingColumn())
@@ -247,7 +137,7 @@ def run_train(args):
             bar.update(task, completed=record["step"], status=f"loss {record['loss']:.4f}  "
                        f"lr {record['learning_rate']:.2e}  {record['tokens_per_second']:.0f} tok/s")
 
-        history = train_vlm(model, tokenizer, processor, samples, train_config, on_step=show,
+        history = train_vlm(model, tokenizer, image_processor_for(model.vision_config), samples, settings, on_step=show,
                             valid_samples=read_samples(args.valid) if args.valid else (), output_dir=run_dir,
                             resume=args.resume, force=args.force)
     if history and history[-1].get("phase") == "eval":
@@ -255,50 +145,6 @@ def run_train(args):
     config.pop("quantization", None)  # loaded dequantized as fp32 on CPU; saved dense
     config.pop("quantization_config", None)
     overwrite = args.force or args.resume
-    print(f"wrote {save_vlm(args.output, model, config, tokenizer_src_dir=args.model, overwrite=overwrite)} "
+    print(f"wrote {save_model(args.output, model, config, tokenizer_src_dir=args.model, overwrite=overwrite)} "
           f"(log and checkpoints: {run_dir})")
-    return 0
-
-
-def run_quantize(args):
-    from ..loading import read_config
-    from ..vlm import load_vlm, quantize_vlm, save_vlm
-
-    model, _, _ = load_vlm(args.model, dtype=None, dequantize=False)
-    config = quantize_vlm(model, read_config(args.model), bits=args.bits, group_size=args.group_size,
-                          vision=args.vision)
-    print(f"wrote {save_vlm(args.output, model, config, tokenizer_src_dir=args.model, overwrite=args.force)}")
-    return 0
-
-
-def run_eval(args):
-    from pathlib import Path
-
-    from ..eval import vqa  # noqa: F401  (registers the VQA tasks and their evaluator)
-    from ..eval.report import write_json
-    from ..eval.runner import EvalOptions, evaluate
-    from ..eval.tasks import resolve_tasks
-
-    tasks = resolve_tasks([args.tasks])
-    model, tokenizer, _ = load(args)
-    options = EvalOptions(limit=args.limit, data=args.data, chat=args.chat)
-
-    from rich.console import Console
-    from rich.progress import Progress
-
-    with Progress(console=Console(stderr=True), transient=True) as bar:
-        bars = {}
-
-        def started(task, total):
-            bars[task.name] = bar.add_task(task.name, total=total)
-
-        results = evaluate(model, tokenizer, tasks, options, on_task_start=started,
-                           on_progress=lambda name, advance, total: bar.advance(bars[name], advance))
-    for name, result in results.items():
-        metrics = "  ".join(f"{k} {v:.3f}" if k != "image_encode_ms" else f"image encode {v:.1f} ms"
-                            for k, v in result["metrics"].items())
-        print(f"{name:<10} n={result['n']:<4} {metrics}  ({result['seconds']:.1f}s, {result['source']})")
-    if args.output:
-        write_json(Path(args.output), {"model": str(args.model), "results": results})
-        print(f"wrote {args.output}")
     return 0

@@ -13,7 +13,7 @@ checkpoints / exact resume and data parallelism all apply unchanged.
 """
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence
 
@@ -22,28 +22,26 @@ from mlx.utils import tree_unflatten
 
 from .. import events
 from ..errors import MlxsmallError
+from ..images import load_image
 from ..models.vlm import ImageTokenTable
-from ..vlm import IMAGE_PLACEHOLDER, load_image, tokenize_with_images
+from ..vlm import IMAGE_PLACEHOLDER, tokenize_with_images
+from .trainer import TrainConfig
 
 STAGES = ("projector", "finetune")
 DEFAULT_CAPTION_PROMPT = "Describe the image."  # the image placeholder goes first (LLaVA)
 
 
 @dataclass
-class TrainConfig:
+class VLMTrainSettings:
+    """A stage of LLaVA's recipe on the shared trainer's settings (``train``, as finetuning and
+    pretraining take them); the trainer records ``method`` ("vlm-projector", "vlm-finetune-lora", ...)."""
+
     stage: str = "projector"
-    steps: int = 200
-    batch_size: int = 8
-    grad_accumulation: int = 1
-    learning_rate: float = 1e-3
-    weight_decay: float = 0.0
-    warmup: int = 10
-    max_length: int = 2048
+    max_length: int = 2048  # tokens per example, image tokens included
     lora_rank: Optional[int] = None  # stage 2: LoRA adapters instead of full finetuning
     lora_scale: float = 20.0
-    seed: int = 0
-    log_every: int = 10
-    save_every: int = 0  # checkpoints (with output_dir): 0 = only at the end
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(
+        steps=200, batch_size=8, learning_rate=1e-3, min_learning_rate=5e-5, warmup_steps=10, report_every=10))
 
 
 def read_samples(path) -> List[dict]:
@@ -154,15 +152,15 @@ def build_examples(tokenizer, samples: Sequence[dict], model, image_rows: dict, 
     return examples
 
 
-def prepare_trainable(vlm, config: TrainConfig):
+def prepare_trainable(vlm, settings: VLMTrainSettings):
     """Freeze what the stage keeps fixed; add LoRA adapters when asked."""
     vlm.freeze()
-    if config.stage == "finetune" and config.lora_rank:
+    if settings.stage == "finetune" and settings.lora_rank:
         from mlx_lm.tuner.utils import linear_to_lora_layers
 
         linear_to_lora_layers(vlm.language_model, len(vlm.language_model.layers),
-                              {"rank": config.lora_rank, "scale": config.lora_scale, "dropout": 0.0})
-    elif config.stage == "finetune":
+                              {"rank": settings.lora_rank, "scale": settings.lora_scale, "dropout": 0.0})
+    elif settings.stage == "finetune":
         vlm.language_model.unfreeze()
     vlm.multi_modal_projector.unfreeze()
 
@@ -173,7 +171,7 @@ def fuse_lora(model):
         model.update_modules(tree_unflatten(fused))
 
 
-def train_vlm(model, tokenizer, processor, samples: Sequence[dict], config: TrainConfig, *,
+def train_vlm(model, tokenizer, processor, samples: Sequence[dict], settings: VLMTrainSettings, *,
               valid_samples: Sequence[dict] = (), output_dir=None, resume: bool = False, force: bool = False,
               on_step: Optional[Callable[[dict], None]] = None) -> List[dict]:
     """Train ``model`` in place on ``samples``; returns the step records (also on the metrics feed).
@@ -183,15 +181,15 @@ def train_vlm(model, tokenizer, processor, samples: Sequence[dict], config: Trai
     continues from its latest checkpoint (same data, same settings)."""
     from . import checkpoint as ckpt
     from .data import BatchStream
-    from .trainer import TrainConfig as LoopConfig
     from .trainer import Trainer
 
-    if config.stage not in STAGES:
-        raise MlxsmallError(f"unknown stage {config.stage!r}; choose one of {', '.join(STAGES)}")
+    if settings.stage not in STAGES:
+        raise MlxsmallError(f"unknown stage {settings.stage!r}; choose one of {', '.join(STAGES)}")
     if not samples:
         raise MlxsmallError("no training samples")
     resume_from = ckpt.prepare_run_directory(Path(output_dir), resume=resume, force=force) if output_dir else None
-    mx.random.seed(config.seed)
+    loop = settings.train
+    mx.random.seed(loop.seed)
     sources = {image_key(s): s["image"] for s in list(samples) + list(valid_samples) if "image" in s}
     features = encode_images(model, processor, sources)
     image_rows = {key: row for row, key in enumerate(features)}
@@ -205,24 +203,20 @@ def train_vlm(model, tokenizer, processor, samples: Sequence[dict], config: Trai
     if not examples:
         raise MlxsmallError("no sample has an assistant answer to learn")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    stream = BatchStream(examples, batch_size=config.batch_size, max_length=config.max_length,
-                         seed=config.seed, pad_id=pad_id)
+    stream = BatchStream(examples, batch_size=loop.batch_size, max_length=settings.max_length,
+                         seed=loop.seed, pad_id=pad_id)
     valid = build_examples(tokenizer, valid_samples, model, image_rows, first_image_id) if valid_samples else []
-    valid_stream = (BatchStream(valid, batch_size=min(config.batch_size, len(valid)), max_length=config.max_length,
+    valid_stream = (BatchStream(valid, batch_size=min(loop.batch_size, len(valid)), max_length=settings.max_length,
                                 pad_id=pad_id, shuffle=False) if valid else None)
-    prepare_trainable(model, config)
+    prepare_trainable(model, settings)
     net = ImageTokenTable(model, table, first_image_id, project=True)
     net.freeze(recurse=False, keys=["image_table"])
-    loop = LoopConfig(steps=config.steps, batch_size=config.batch_size, grad_accumulation=config.grad_accumulation,
-                      learning_rate=config.learning_rate, min_learning_rate=config.learning_rate * 0.05,
-                      warmup_steps=config.warmup, weight_decay=config.weight_decay, seed=config.seed,
-                      report_every=config.log_every, save_every=config.save_every,
-                      extra={"method": f"vlm-{config.stage}" + ("-lora" if config.lora_rank else "")})
+    loop = replace(loop, extra={**loop.extra, "method": f"vlm-{settings.stage}" + ("-lora" if settings.lora_rank else "")})
     history = []
 
     def collect(event):
         if event.kind == "train" and event.get("phase") == "step":
-            record = dict(event.fields, stage=config.stage)
+            record = dict(event.fields, stage=settings.stage)
             history.append(record)
             if on_step:
                 on_step(record)
@@ -233,10 +227,10 @@ def train_vlm(model, tokenizer, processor, samples: Sequence[dict], config: Trai
         trainer.train(resume_from=resume_from)
     finally:
         unsubscribe()
-    if config.stage == "finetune" and config.lora_rank:
+    if settings.stage == "finetune" and settings.lora_rank:
         fuse_lora(model)
     model.unfreeze()
     if valid_stream is not None:
         history.append({"phase": "eval", "initial_val_loss": trainer.initial_val_loss,
-                        "val_loss": trainer.last_val_loss, "stage": config.stage})
+                        "val_loss": trainer.last_val_loss, "stage": settings.stage})
     return history
