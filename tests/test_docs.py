@@ -38,7 +38,7 @@ SKIP_FILES = {
 }
 # Commands that take minutes with the real default model on 2 CPU cores.
 SLOW = ("mlxsmall eval", "mlxsmall bench", "mlxsmall finetune", "mlxsmall fuse", "mlxsmall pretrain",
-        "mlxsmall vlm train", "mlxsmall vlm eval")
+        "mlxsmall vlm train")
 # Everything else that runs the real default model (seconds to minutes each) is slow too, but these.
 QUICK = ("mlxsmall models",)
 # A command that names one of these needs something that exists only online (a Hugging Face
