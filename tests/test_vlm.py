@@ -15,7 +15,7 @@ from mlxsmall.models.projector import pool_patch_grid
 from mlxsmall.models.vision import VisionConfig, VisionModel
 
 sys.path.insert(0, str(Path(__file__).parent))  # tests/ helper modules (pytest runs in importlib mode)
-from user_cli import assert_one_line_error, mlxsmall, user_env  # noqa: E402
+from user_cli import mlxsmall, user_env  # noqa: E402
 
 TINY_CLIP = dict(model_type="clip_vision_model", hidden_size=32, intermediate_size=64, num_hidden_layers=3,
                  num_attention_heads=4, image_size=32, patch_size=8)
@@ -314,7 +314,8 @@ def test_quantize_command_quantizes_the_vision_tower_too(tiny_config, tiny_token
     assert float(mx.abs(a - b).max() / mx.abs(a).max()) < 0.05  # 8-bit: close, not equal
 
 
-def test_build_from_hf_tower_then_generate_and_chat_with_an_image(tmp_path, make_tiny_model):
+def test_build_from_hf_tower_then_generate_with_an_image(tmp_path, make_tiny_model, capsys):
+    from mlxsmall.cli import main
     from mlxsmall.eval.shapes import draw_shape
 
     env = user_env(tmp_path, tmp_path / "cache")
@@ -331,15 +332,26 @@ def test_build_from_hf_tower_then_generate_and_chat_with_an_image(tmp_path, make
                       env=env)
     assert result.returncode == 0, result.stderr
     assert "image encode:" in result.stderr and "(4 image tokens)" in result.stderr and "TTFT" in result.stderr
-    assert_one_line_error(mlxsmall("generate", vlm, "--image", tmp_path / "nope.png", "-p", "x", env=env),
-                          "nope.png: no such image file")
-    assert_one_line_error(mlxsmall("generate", lm, "--image", tmp_path / "square.png", "-p", "x", env=env),
-                          "--image needs a vision-language model")
-    # chat: the image encoded once, then turns on the core chat session.
-    result = mlxsmall("chat", vlm, "--image", tmp_path / "square.png", "-m", "3", env=env,
-                      stdin="What is it?\nAnd the colour?\n/quit\n")
+    assert main(["generate", str(vlm), "--image", str(tmp_path / "nope.png"), "-p", "x"]) == 2
+    assert "nope.png: no such image file" in capsys.readouterr().err
+    assert main(["generate", str(lm), "--image", str(tmp_path / "square.png"), "-p", "x"]) == 2
+    assert "--image needs a vision-language model" in capsys.readouterr().err
+
+
+def test_chat_about_an_image(tmp_path, make_tiny_model):
+    from mlxsmall.convert.vlm import build_vlm
+    from mlxsmall.eval.shapes import draw_shape
+
+    write_hf_vision_dir(tmp_path / "clip", TINY_CLIP)
+    build_vlm(tmp_path / "clip", make_tiny_model("mobilellm"), tmp_path / "vlm")
+    draw_shape("circle", "red", 40).save(tmp_path / "circle.png")
+    # The image encoded once, then turns on the core chat session (its KV cache kept across turns).
+    result = mlxsmall("chat", tmp_path / "vlm", "--image", tmp_path / "circle.png", "-m", "3",
+                      stdin="What is it?\nAnd the colour?\n/reset\nAgain?\n/quit\n",
+                      env=user_env(tmp_path, tmp_path / "cache"))
     assert result.returncode == 0, result.stderr
-    assert "[1 image(s) encoded in" in result.stderr and "4 image tokens]" in result.stderr
+    assert "[1 image(s) encoded in" in result.stderr and "16 image tokens]" in result.stderr
+    assert result.stdout.count(">> ") == 5 and "[conversation cleared]" in result.stdout
 
 
 def test_build_with_siglip_tower_and_quantized_lm(tmp_path, make_tiny_model):
