@@ -15,7 +15,7 @@ from mlxsmall.models.projector import pool_patch_grid
 from mlxsmall.models.vision import VisionConfig, VisionModel
 
 sys.path.insert(0, str(Path(__file__).parent))  # tests/ helper modules (pytest runs in importlib mode)
-from user_cli import mlxsmall, user_env  # noqa: E402
+from user_cli import mlxsmall as run_mlxsmall, user_env  # noqa: E402
 
 TINY_CLIP = dict(model_type="clip_vision_model", hidden_size=32, intermediate_size=64, num_hidden_layers=3,
                  num_attention_heads=4, image_size=32, patch_size=8)
@@ -298,7 +298,7 @@ def test_quantize_command_quantizes_the_vision_tower_too(tiny_config, tiny_token
 
     path = save_tiny_vlm(tiny_vlm_model(tiny_config), tiny_vlm_config(tiny_config), tmp_path / "vlm",
                          tiny_tokenizer_dir)
-    result = mlxsmall("quantize", path, "-o", tmp_path / "q8", "--bits", "8", "--group-size", "32",
+    result = run_mlxsmall("quantize", path, "-o", tmp_path / "q8", "--bits", "8", "--group-size", "32",
                       "--vision", "quantize", env=user_env(tmp_path, tmp_path / "cache"))
     assert result.returncode == 0, result.stderr
     config = json.loads((tmp_path / "q8" / "config.json").read_text())
@@ -322,13 +322,13 @@ def test_build_from_hf_tower_then_generate_with_an_image(tmp_path, make_tiny_mod
     write_hf_vision_dir(tmp_path / "clip", TINY_CLIP, prefix="")
     lm = make_tiny_model("mobillama")
     vlm = tmp_path / "vlm"
-    result = mlxsmall("vlm", "build", "--vision", tmp_path / "clip", "--lm", lm, "-o", vlm, "--projector", "pool",
+    result = run_mlxsmall("vlm", "build", "--vision", tmp_path / "clip", "--lm", lm, "-o", vlm, "--projector", "pool",
                       env=env)
     assert result.returncode == 0, result.stderr
     model, _, processor = load_with_processor(vlm)
     assert model.num_image_tokens == 4 and processor.image_mean == [0.5, 0.4, 0.3]
     draw_shape("square", "blue", 40).save(tmp_path / "square.png")
-    result = mlxsmall("generate", vlm, "--image", tmp_path / "square.png", "-p", "Describe the image.", "-m", "4",
+    result = run_mlxsmall("generate", vlm, "--image", tmp_path / "square.png", "-p", "Describe the image.", "-m", "4",
                       env=env)
     assert result.returncode == 0, result.stderr
     assert "image encode:" in result.stderr and "(4 image tokens)" in result.stderr and "TTFT" in result.stderr
@@ -346,7 +346,7 @@ def test_chat_about_an_image(tmp_path, make_tiny_model):
     build_vlm(tmp_path / "clip", make_tiny_model("mobilellm"), tmp_path / "vlm")
     draw_shape("circle", "red", 40).save(tmp_path / "circle.png")
     # The image encoded once, then turns on the core chat session (its KV cache kept across turns).
-    result = mlxsmall("chat", tmp_path / "vlm", "--image", tmp_path / "circle.png", "-m", "3",
+    result = run_mlxsmall("chat", tmp_path / "vlm", "--image", tmp_path / "circle.png", "-m", "3",
                       stdin="What is it?\nAnd the colour?\n/reset\nAgain?\n/quit\n",
                       env=user_env(tmp_path, tmp_path / "cache"))
     assert result.returncode == 0, result.stderr

@@ -13,7 +13,7 @@ from mlxsmall.eval.runner import EvalOptions, evaluate
 from mlxsmall.eval.tasks import load_docs, resolve_tasks
 
 sys.path.insert(0, str(Path(__file__).parent))  # tests/ helper modules (pytest runs in importlib mode)
-from user_cli import mlxsmall, user_env  # noqa: E402
+from user_cli import mlxsmall as run_mlxsmall, user_env  # noqa: E402
 
 TINY_CLIP = dict(model_type="clip_vision_model", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                  num_attention_heads=4, image_size=32, patch_size=8)
@@ -72,7 +72,7 @@ def test_eval_command_runs_the_vqa_tasks_on_a_vlm_directory(tiny_config, tiny_to
 
     config = vlm_config(tiny_config("mobilellm"), TINY_CLIP, projector_type="pool_mlp2x_gelu")
     save_model(tmp_path / "vlm", build_model(config), config, tokenizer_src_dir=tiny_tokenizer_dir)
-    result = mlxsmall("eval", tmp_path / "vlm", "--tasks", "vqav2,scienceqa", "--limit", "2",
+    result = run_mlxsmall("eval", tmp_path / "vlm", "--tasks", "vqav2,scienceqa", "--limit", "2",
                       "-o", tmp_path / "results.json", env=user_env(tmp_path, tmp_path / "cache"))
     assert result.returncode == 0, result.stderr
     run = json.loads((tmp_path / "results.json").read_text())["runs"][0]

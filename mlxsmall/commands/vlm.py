@@ -123,10 +123,10 @@ def run_train(args):
     if not hasattr(model, "vision_tower"):
         raise MlxsmallError(f"{args.model}: not a vision-language model (build one with `mlxsmall vlm build`)")
     config = read_config(args.model)
-    settings = VLMTrainSettings(stage=args.stage, max_length=args.max_length, lora_rank=args.lora_rank, train=TrainConfig(
-        steps=args.steps, batch_size=args.batch_size, grad_accumulation=args.grad_accumulation,
-        learning_rate=args.learning_rate, min_learning_rate=args.learning_rate * 0.05, warmup_steps=10,
-        seed=args.seed, report_every=max(1, args.steps // 100), save_every=args.save_every))
+    loop = TrainConfig(steps=args.steps, batch_size=args.batch_size, grad_accumulation=args.grad_accumulation,
+                       learning_rate=args.learning_rate, min_learning_rate=args.learning_rate * 0.05, warmup_steps=10,
+                       seed=args.seed, report_every=max(1, args.steps // 100), save_every=args.save_every)
+    settings = VLMTrainSettings(stage=args.stage, max_length=args.max_length, lora_rank=args.lora_rank, train=loop)
     run_dir = args.run_dir or f"{args.output.rstrip('/')}.run"
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                TextColumn("{task.fields[status]}"), TimeRemainingColumn())

@@ -211,7 +211,8 @@ def train_vlm(model, tokenizer, processor, samples: Sequence[dict], settings: VL
     prepare_trainable(model, settings)
     net = ImageTokenTable(model, table, first_image_id, project=True)
     net.freeze(recurse=False, keys=["image_table"])
-    loop = replace(loop, extra={**loop.extra, "method": f"vlm-{settings.stage}" + ("-lora" if settings.lora_rank else "")})
+    method = f"vlm-{settings.stage}" + ("-lora" if settings.lora_rank else "")
+    loop = replace(loop, extra={**loop.extra, "method": method})
     history = []
 
     def collect(event):
