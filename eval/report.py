@@ -12,9 +12,9 @@ from typing import List, Optional, Sequence
 from mlxsmall.atomic import atomic_path, write_text_atomic
 
 # Metrics where lower is better, so a reader of the table knows which way is good.
-LOWER_IS_BETTER = {"perplexity", "word_perplexity", "bits_per_byte", "over_refusal_rate"}
+LOWER_IS_BETTER = {"perplexity", "word_perplexity", "bits_per_byte", "over_refusal_rate", "image_encode_ms"}
 COUNT_METRICS = {"tokens", "harmful_prompts", "benign_prompts"}
-RAW_METRICS = {"perplexity", "word_perplexity", "bits_per_byte"}  # shown as numbers, not percentages
+RAW_METRICS = {"perplexity", "word_perplexity", "bits_per_byte", "image_encode_ms"}  # numbers, not percentages
 # The one number per task that a quality-vs-bits plot shows.
 HEADLINE = {"multiple_choice": "acc", "perplexity": "perplexity", "safety": "refusal_rate"}
 

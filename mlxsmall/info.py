@@ -4,6 +4,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
 
+from .errors import MlxsmallError
 from .loading import load_model, weight_bytes
 from .quantize import bits_per_weight
 
@@ -34,6 +35,9 @@ class ModelFacts:
 def model_facts(path) -> ModelFacts:
     path = Path(path)
     model, config = load_model(path, lazy=True)
+    if "text_config" in config:
+        raise MlxsmallError(f"{path / 'config.json'}: a vision-language model; `mlxsmall info` describes "
+                            "language models (docs/vlm.md)")
     unique = model.unique_parameters
     disk = sum(f.stat().st_size for f in path.glob("model*.safetensors"))
     return ModelFacts(

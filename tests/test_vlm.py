@@ -270,6 +270,7 @@ def test_quantize_round_trip_keeps_vision_fp16(tiny_vlm, tiny_config, tiny_token
 
 def test_the_one_loader_builds_and_checks_a_vlm(tiny_vlm, tiny_config, tiny_tokenizer_dir, tmp_path):
     from mlxsmall import load
+    from mlxsmall.info import model_facts
     from mlxsmall.loading import load_model
     from mlxsmall.models import vlm
     from mlxsmall.quantize import quantize_vlm
@@ -278,6 +279,8 @@ def test_the_one_loader_builds_and_checks_a_vlm(tiny_vlm, tiny_config, tiny_toke
     path = save_tiny_vlm(tiny_vlm, config, tmp_path / "vlm", tiny_tokenizer_dir)
     model, loaded = load_model(path)
     assert isinstance(model, vlm.Model) and loaded["model_type"] == "llava"
+    with pytest.raises(MlxsmallError, match="a vision-language model; `mlxsmall info` describes language models"):
+        model_facts(path)
     # On CPU `load` runs a quantized VLM as fp32, cast before dequantizing (as for every model).
     q4 = save_tiny_vlm(tiny_vlm_model(tiny_config), quantize_vlm(tiny_vlm_model(tiny_config), config, bits=4,
                        group_size=32), tmp_path / "q4", tiny_tokenizer_dir)

@@ -78,3 +78,5 @@ def test_eval_command_runs_the_vqa_tasks_on_a_vlm_directory(tiny_config, tiny_to
     run = json.loads((tmp_path / "results.json").read_text())["runs"][0]
     assert run["tasks"]["vqav2"]["n"] == 2 and 0.0 <= run["tasks"]["vqav2"]["metrics"]["vqa_accuracy"] <= 1.0
     assert 0.0 <= run["tasks"]["scienceqa"]["metrics"]["accuracy"] <= 1.0
+    encode_ms = run["tasks"]["vqav2"]["metrics"]["image_encode_ms"]
+    assert f"| image_encode_ms ↓ | {encode_ms:.3f} |" in result.stdout  # milliseconds, not a percentage
