@@ -116,7 +116,7 @@ def test_missing_config_field(make_tiny_model):
 def test_unknown_architecture_lists_supported(make_tiny_model):
     path = make_tiny_model("mobilellm")
     edit_config(path, model_type="gpt5")
-    with pytest.raises(MlxsmallError, match="unknown model_type 'gpt5'; supported: llama, mobilellm, mobillama"):
+    with pytest.raises(MlxsmallError, match="unknown model_type 'gpt5'; supported: llama, llava, mobilellm, mobillama"):
         load_model(path)
 
 
