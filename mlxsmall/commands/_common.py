@@ -34,10 +34,8 @@ def vision_language_route(args) -> bool:
     --image with a text-only model is an error."""
     from ..errors import MlxsmallError
 
-    if args.model:
-        from ..hub import check_name
-
-        check_name(args.model)  # a missing path is "no such file", never "text-only"
+    check_model(args.model)  # a missing path is "no such file", never "text-only"
+    check_images(args.image)
     from ..vlm import is_vlm_model
 
     is_vlm = bool(args.model) and is_vlm_model(args.model)
@@ -70,6 +68,80 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
     return value
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, not {value}")
+    return value
+
+
+def port_number(text: str) -> int:
+    """argparse type for --port (serve and dashboard): 0..65535, 0 = any free port."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid port: {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is 0-65535, not {value}")
+    return value
+
+
+# --------------------------------------------------------------------------- checks before loading
+# Every command runs these first: a user's mistake is one line in a fraction of a second, before a
+# model loads or mlx-lm / transformers are imported.
+
+
+def check_model(name) -> None:
+    """A model argument that cannot work: a missing path, a directory without config.json, a word
+    that is no alias ("did you mean"). Repo ids pass (they are downloaded later); None is the default."""
+    if not name:
+        return
+    from pathlib import Path
+
+    from ..errors import MlxsmallError
+    from ..hub import check_name
+
+    check_name(str(name))
+    path = Path(name).expanduser()
+    if path.is_dir() and not (path / "config.json").is_file():
+        raise MlxsmallError(f"{path}: not a model directory (no config.json)")
+
+
+def check_new_output(output, force: bool) -> None:
+    """An output directory that exists is replaced only with --force."""
+    from pathlib import Path
+
+    from ..errors import MlxsmallError
+
+    path = Path(output).expanduser()
+    if path.exists() and not force:
+        raise MlxsmallError(f"{path}: already exists (pass --force to replace it)")
+
+
+def check_input_file(path, option: str) -> None:
+    """An input file the command reads (--text-file, an image, ...) exists and is a file."""
+    from pathlib import Path
+
+    from ..errors import MlxsmallError
+
+    file = Path(path).expanduser()
+    if file.is_dir():
+        raise MlxsmallError(f"{option}: {path}: is a directory, not a file")
+    if not file.is_file():
+        raise MlxsmallError(f"{option}: {path}: no such file")
+
+
+def check_images(images) -> None:
+    """Local --image files exist (URLs are fetched later)."""
+    for source in images:
+        if not str(source).startswith(("http://", "https://")):
+            check_input_file(source, "--image")
 
 
 def sampling_kwargs(args) -> dict:

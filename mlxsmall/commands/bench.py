@@ -5,7 +5,7 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ._common import model_path, printed_warnings
+from ._common import check_model, model_path, non_negative_int, positive_int, printed_warnings
 
 DEFAULT_PRECISIONS = ["fp16", "q8", "q6", "q4", "q3", "q2"]
 
@@ -39,10 +39,10 @@ def register(subparsers):
     parser.add_argument("--precisions", nargs="+", default=DEFAULT_PRECISIONS, metavar="P",
                         help=f"precisions to compare (default: {' '.join(DEFAULT_PRECISIONS)}); "
                         "'stored' = as saved; MODEL@P benchmarks another model")
-    parser.add_argument("-p", "--prompt-tokens", type=int, default=512, help="prompt length (default 512)")
-    parser.add_argument("-n", "--generation-tokens", type=int, default=128, help="tokens to generate (default 128)")
-    parser.add_argument("-r", "--repetitions", type=int, default=3, help="timed runs per precision (default 3)")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed warm-up runs (default 1)")
+    parser.add_argument("-p", "--prompt-tokens", type=positive_int, default=512, help="prompt length (default 512)")
+    parser.add_argument("-n", "--generation-tokens", type=positive_int, default=128, help="tokens to generate (default 128)")
+    parser.add_argument("-r", "--repetitions", type=positive_int, default=3, help="timed runs per precision (default 3)")
+    parser.add_argument("--warmup", type=non_negative_int, default=1, help="untimed warm-up runs (default 1)")
     parser.add_argument("--baseline", choices=["mlx-lm"], help="also time the same weights as mlx-lm's llama")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random prompt")
     parser.add_argument("-o", "--output", help="write results JSON here (and a .md table next to it)")
@@ -50,16 +50,21 @@ def register(subparsers):
     parser.set_defaults(func=run)
 
 
+DEFAULT = "<the default model>"  # stands for the base model while --precisions is checked
+
+
 def run(args):
+    from mlxsmall.eval.variants import parse_variant
+
+    check_model(args.model)
+    for spec in args.precisions:  # every precision and model named, before the base model converts
+        variant = parse_variant(spec, args.model or DEFAULT)
+        check_model(None if variant.model == DEFAULT else variant.model)
     from mlxsmall.atomic import write_text_atomic
-    from mlxsmall.errors import MlxsmallError
     from mlxsmall.measure.bench import BenchOptions, bench_variants, options_dict
     from mlxsmall.measure import open_power_meter
     from mlxsmall.eval.report import bench_markdown, plot_bench, write_json
-    from mlxsmall.eval.variants import parse_variant
 
-    if min(args.prompt_tokens, args.generation_tokens, args.repetitions) < 1 or args.warmup < 0:
-        raise MlxsmallError("-p, -n and -r must be at least 1 and --warmup at least 0")
     base = str(model_path(args))
     variants = [parse_variant(spec, base) for spec in args.precisions]
     options = BenchOptions(prompt_tokens=args.prompt_tokens, generation_tokens=args.generation_tokens,

@@ -4,7 +4,7 @@ import argparse
 import sys
 
 from ._common import (
-    add_image_argument, add_model_argument, add_sampling_arguments, load_for_run, sampling_kwargs,
+    add_image_argument, add_model_argument, add_sampling_arguments, load_for_run, positive_int, sampling_kwargs,
     vision_language_route,
 )
 
@@ -32,7 +32,7 @@ def register(subparsers):
     parser.add_argument("--template", choices=["tokenizer", "plain"], default=None,
                         help="prompt format (default: the model's chat template, or a plain "
                         "User:/Assistant: transcript for models without one)")
-    parser.add_argument("--context", type=int, default=None,
+    parser.add_argument("--context", type=positive_int, default=None,
                         help="context length in tokens (default: the model's max_position_embeddings)")
     add_image_argument(parser)
     add_sampling_arguments(parser)
@@ -40,10 +40,10 @@ def register(subparsers):
 
 
 def run(args):
+    vision = vision_language_route(args)  # checks the model and images before anything loads
     from ..chat import ChatSession
     from ..loading import read_config, stop_strings
 
-    vision = vision_language_route(args)
     if vision:
         from ..images import load_image
 

@@ -24,6 +24,7 @@ examples:
 
 def register(subparsers):
     from ..convert.chat_templates import TEMPLATES
+    from ..quantize import SUPPORTED_BITS
 
     parser = subparsers.add_parser(
         "convert", help="convert a HF checkpoint, repo or GGUF file into an mlxsmall model",
@@ -35,8 +36,8 @@ def register(subparsers):
     parser.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default=None,
                         help="cast the weights (GGUF: dequantize); default keeps the checkpoint's")
     parser.add_argument("-q", "--quantize", action="store_true", help="quantize (see --bits, --group-size)")
-    parser.add_argument("--bits", type=int, default=4, help="bits per weight with -q (default 4)")
-    parser.add_argument("--group-size", type=int, default=None,
+    parser.add_argument("--bits", type=int, default=4, choices=SUPPORTED_BITS, help="bits per weight with -q (default 4)")
+    parser.add_argument("--group-size", type=int, default=None, choices=[32, 64, 128],
                         help="weights per scale with -q (default 64; 32 for GGUF sources)")
     parser.add_argument("--chat-template", choices=["auto", "none"] + sorted(TEMPLATES), default="auto",
                         help="add a chat template the checkpoint lacks (auto: fastchat-one-shot for "
@@ -53,7 +54,24 @@ def _log(message):
     print(message, flush=True)
 
 
+def check_arguments(args) -> None:
+    from pathlib import Path
+
+    from ..errors import MlxsmallError
+    from ._common import check_model, check_new_output
+
+    source = Path(args.source).expanduser()
+    if source.is_file() and source.suffix != ".gguf":
+        raise MlxsmallError(f"{source}: a file; pass its checkpoint directory (with config.json) or a .gguf file")
+    if not source.is_file():
+        check_model(args.source)
+    if args.tokenizer and not Path(args.tokenizer).expanduser().is_dir():
+        raise MlxsmallError(f"--tokenizer: {args.tokenizer}: no such directory")
+    check_new_output(args.output, args.force)
+
+
 def run(args):
+    check_arguments(args)
     from ..hub import convert_model
 
     convert_model(args.source, args.output, dtype=args.dtype, bits=args.bits if args.quantize else None,

@@ -4,7 +4,9 @@ import argparse
 import shlex
 import sys
 
-from ._common import add_model_argument, add_sampling_arguments, model_path, sampling_kwargs
+from ._common import (
+    add_model_argument, add_sampling_arguments, check_model, model_path, port_number, positive_int, sampling_kwargs,
+)
 
 EPILOG = """\
 what it shows:
@@ -38,9 +40,9 @@ def register(subparsers):
     bench = parser.add_argument_group("bench tab")
     bench.add_argument("--bench-prompts", default="128,512", metavar="N,N",
                        help="prompt lengths of the sweep (default 128,512)")
-    bench.add_argument("--bench-generate", type=int, default=128, metavar="N",
+    bench.add_argument("--bench-generate", type=positive_int, default=128, metavar="N",
                        help="tokens generated per run (default 128)")
-    bench.add_argument("--bench-repeats", type=int, default=3, metavar="N",
+    bench.add_argument("--bench-repeats", type=positive_int, default=3, metavar="N",
                        help="timed runs per cell after one warm-up (default 3)")
     bench.add_argument("--export-dir", default=".", metavar="DIR",
                        help="where Ctrl+S writes bench-*.json/.csv/.md (default: current directory)")
@@ -54,7 +56,7 @@ def register(subparsers):
     serve.add_argument("--serve", action="store_true",
                        help="serve the dashboard over HTTP with textual-serve instead of drawing it here")
     serve.add_argument("--host", default="0.0.0.0", help="address to listen on with --serve (default all)")
-    serve.add_argument("--port", type=int, default=8000, help="port for --serve (default 8000)")
+    serve.add_argument("--port", type=port_number, default=8000, help="port for --serve (default 8000)")
     serve.add_argument("--public-url", default=None, metavar="URL",
                        help="the address browsers use, e.g. http://my-mac.local:8000 "
                             "(default: this machine's LAN address and --port)")
@@ -115,12 +117,23 @@ def public_url(args) -> str:
     return f"http://{host}:{args.port}"
 
 
-def run(args):
-    config = bench_config(args)
-    if args.attach and args.model:
-        from ..errors import MlxsmallError
+def check_arguments(args) -> None:
+    from pathlib import Path
 
+    from ..errors import MlxsmallError
+
+    if args.attach and args.model:
         raise MlxsmallError("--attach watches the server's model: give a MODEL or --attach, not both")
+    if args.attach and not args.attach.startswith(("http://", "https://")):
+        raise MlxsmallError(f"--attach: {args.attach}: not an http:// or https:// URL")
+    check_model(args.model)
+    if not Path(args.export_dir).expanduser().is_dir():
+        raise MlxsmallError(f"--export-dir: {args.export_dir}: no such directory")
+
+
+def run(args):
+    check_arguments(args)
+    config = bench_config(args)
     # resolves/downloads before the UI starts; errors stay one line
     path = None if args.attach else model_path(args)
     if args.serve:

@@ -5,7 +5,7 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ._common import model_path, printed_warnings
+from ._common import check_model, model_path, printed_warnings
 
 EPILOG = """\
 tasks (groups in brackets):
@@ -85,11 +85,11 @@ def register(subparsers):
     parser.set_defaults(func=run)
 
 
+DEFAULT = "<the default model>"  # stands for the base model while --compare is checked
+
+
 def run(args):
-    from mlxsmall.atomic import write_text_atomic
     from mlxsmall.errors import MlxsmallError
-    from mlxsmall.eval.report import eval_markdown, plot_quality_vs_bits, write_json
-    from mlxsmall.eval.runner import EvalOptions, options_dict
     from mlxsmall.eval.data_files import check_data
     from mlxsmall.eval.tasks import resolve_tasks, text_file_task
     from mlxsmall.eval.variants import parse_variant
@@ -109,6 +109,15 @@ def run(args):
     if not tasks:
         raise MlxsmallError("--tasks: nothing to evaluate")
     check_data(args.data, tasks)  # a bad --data file fails here, before a model loads
+    check_model(args.model)
+    for spec in args.compare or []:  # every spec and model named, before the base model converts
+        variant = parse_variant(spec, args.model or DEFAULT)
+        check_model(None if variant.model == DEFAULT else variant.model)
+
+    # The heavy part (mlx-lm, transformers) only after every argument is checked.
+    from mlxsmall.atomic import write_text_atomic
+    from mlxsmall.eval.report import eval_markdown, plot_quality_vs_bits, write_json
+    from mlxsmall.eval.runner import EvalOptions, options_dict
 
     base = str(model_path(args))
     variants = [parse_variant(spec, base) for spec in (args.compare or [base])]

@@ -28,6 +28,10 @@ def register(subparsers):
 
 
 def run(args):
+    from ._common import check_model, check_new_output
+
+    check_model(args.model)
+    check_new_output(args.output, args.force)
     from ..convert.export import export_hf
     from ..hub import resolve_model_path
 

@@ -3,6 +3,8 @@
 import argparse
 import contextlib
 
+from ._common import check_model, non_negative_int, positive_int
+
 EPILOG = """\
 data (--data): a directory with train.jsonl (and valid.jsonl), one .jsonl file
 (10% is held out for validation) or a Hugging Face dataset id (needs the
@@ -44,10 +46,10 @@ def register(subparsers):
     method = parser.add_argument_group("method")
     method.add_argument("--method", choices=["lora", "dora", "qlora", "full"], default="lora",
                         help="lora (default), dora, qlora (LoRA on a 4-bit base) or full")
-    method.add_argument("--rank", type=int, default=8, help="adapter rank (default 8)")
+    method.add_argument("--rank", type=positive_int, default=8, help="adapter rank (default 8)")
     method.add_argument("--scale", type=float, default=20.0,
                         help="adapter scale, mlx-lm convention (default 20)")
-    method.add_argument("--dropout", type=float, default=0.0, help="adapter dropout (default 0)")
+    method.add_argument("--dropout", type=dropout_rate, default=0.0, help="adapter dropout (default 0)")
     method.add_argument("--keys", default=None,
                         help="comma-separated linear names to adapt "
                              "(default: q,k,v,o,gate,up,down projections)")
@@ -64,21 +66,21 @@ def register(subparsers):
 
 def add_data_arguments(parser):
     group = parser.add_argument_group("data")
-    group.add_argument("--max-length", type=int, default=512, help="tokens per sequence (default 512)")
+    group.add_argument("--max-length", type=positive_int, default=512, help="tokens per sequence (default 512)")
     group.add_argument("--pack", action="store_true", help="pack sequences into full rows")
     group.add_argument("--no-mask-prompt", action="store_true", help="train on prompt tokens too")
 
 
 def add_training_arguments(parser, steps, learning_rate):
     group = parser.add_argument_group("training")
-    group.add_argument("--steps", type=int, default=steps, help=f"optimizer steps (default {steps})")
-    group.add_argument("--batch-size", type=int, default=4, help="global batch size (default 4)")
-    group.add_argument("--grad-accumulation", type=int, default=1,
+    group.add_argument("--steps", type=positive_int, default=steps, help=f"optimizer steps (default {steps})")
+    group.add_argument("--batch-size", type=positive_int, default=4, help="global batch size (default 4)")
+    group.add_argument("--grad-accumulation", type=positive_int, default=1,
                        help="micro-batches per optimizer step (default 1)")
-    group.add_argument("--learning-rate", "--lr", type=float, default=learning_rate,
+    group.add_argument("--learning-rate", "--lr", type=positive_float, default=learning_rate,
                        help=f"peak learning rate (default {learning_rate})")
     group.add_argument("--min-learning-rate", type=float, default=0.0, help="cosine floor (default 0)")
-    group.add_argument("--warmup", type=int, default=None,
+    group.add_argument("--warmup", type=non_negative_int, default=None,
                        help="linear warm-up steps (default: 5%% of --steps)")
     group.add_argument("--optimizer", choices=["adamw", "adafactor"], default="adamw")
     group.add_argument("--weight-decay", type=float, default=0.0)
@@ -86,15 +88,37 @@ def add_training_arguments(parser, steps, learning_rate):
     group.add_argument("--grad-checkpoint", action="store_true",
                        help="recompute activations in the backward pass (less memory)")
     group.add_argument("--seed", type=int, default=0)
-    group.add_argument("--eval-every", type=int, default=50, help="validation loss every N steps")
-    group.add_argument("--val-batches", type=int, default=8, help="validation batches per evaluation")
-    group.add_argument("--save-every", type=int, default=50, help="checkpoint every N steps")
-    group.add_argument("--keep", type=int, default=2, help="checkpoints to keep (default 2)")
+    group.add_argument("--eval-every", type=non_negative_int, default=50, help="validation loss every N steps (0: at the start and the end)")
+    group.add_argument("--val-batches", type=positive_int, default=8, help="validation batches per evaluation")
+    group.add_argument("--save-every", type=non_negative_int, default=50, help="checkpoint every N steps (0: at the end)")
+    group.add_argument("--keep", type=non_negative_int, default=2, help="checkpoints to keep (default 2; 0: all)")
     group.add_argument("--resume", action="store_true",
                        help="continue from the latest checkpoint in the output directory")
     group.add_argument("--force", action="store_true",
                        help="start over, deleting earlier checkpoints in the output directory")
     group.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a number > 0 (a learning rate)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be greater than 0, not {text}")
+    return value
+
+
+def dropout_rate(text: str) -> float:
+    """argparse type: a probability in [0, 1)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number: {text!r}") from None
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), not {text}")
+    return value
 
 
 def train_config(args):
@@ -182,8 +206,9 @@ def format_loss(value):
     return "n/a (no validation data)" if value is None else f"{value:.4f}"
 
 
-def check_data(data: str) -> None:
-    """Refuse missing training data in a fraction of a second (the trainer reads it after the model)."""
+def check_data(data: str, seed: int = 0):
+    """Refuse missing or malformed training data in a fraction of a second (before the model loads):
+    returns the records of a local file or directory, read and checked, or None for a hub dataset."""
     from pathlib import Path
 
     from ..errors import MlxsmallError
@@ -202,6 +227,10 @@ def check_data(data: str) -> None:
         if importlib.util.find_spec("datasets") is None:
             raise MlxsmallError(f"{data}: not a local file or directory; to use a hub dataset "
                                 "install the 'datasets' package (pip install datasets)")
+        return None
+    from ..train.data import check_finetune_data
+
+    return check_finetune_data(data, seed=seed)
 
 
 def check_output(output: str, *, resume: bool, force: bool) -> None:
@@ -219,7 +248,8 @@ def check_output(output: str, *, resume: bool, force: bool) -> None:
 
 
 def run(args):
-    check_data(args.data)  # before the seconds of loading the model, not after
+    check_model(args.model)  # before the seconds of loading the model, not after
+    records = check_data(args.data, seed=args.seed)
     check_output(args.output, resume=args.resume, force=args.force)
     from ..train.finetune import FinetuneSettings, finetune
     from ._common import model_path, printed_warnings
@@ -234,7 +264,7 @@ def run(args):
     with training_progress(enabled=not args.quiet, label=args.method) as console, \
             printed_warnings(lambda line: console.print(line, markup=False, highlight=False)):
         result = finetune(str(model_path(args)), args.data, args.output, settings,
-                          resume=args.resume, force=args.force)
+                          resume=args.resume, force=args.force, records=records)
     import mlx.core as mx
 
     if mx.distributed.init().rank() != 0:

@@ -36,7 +36,22 @@ def register(subparsers):
     parser.set_defaults(func=run)
 
 
+def check_arguments(args) -> None:
+    from pathlib import Path
+
+    from ..errors import MlxsmallError
+    from ._common import check_model, check_new_output
+
+    config = Path(args.adapters).expanduser() / "adapter_config.json"
+    if not config.is_file():
+        raise MlxsmallError(f"{config}: not found (is {args.adapters} an adapter directory "
+                            "written by mlxsmall finetune?)")
+    check_model(args.model)
+    check_new_output(args.output, args.force)
+
+
 def run(args):
+    check_arguments(args)
     from ..train.fuse import fuse
 
     path = fuse(args.adapters, args.output, base=args.model, bits=args.bits,

@@ -26,11 +26,13 @@ def human_bytes(n: int) -> str:
 
 
 def run(args):
+    from ._common import check_model, model_path
+
+    check_model(args.model)
     from rich.console import Console
     from rich.table import Table
 
     from ..info import model_facts
-    from ._common import model_path
 
     args.dtype = "stored"
     facts = model_facts(model_path(args))

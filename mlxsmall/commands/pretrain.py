@@ -2,7 +2,8 @@
 
 import argparse
 
-from .finetune import add_training_arguments, format_loss, train_config, training_progress
+from ._common import check_model, positive_int
+from .finetune import add_training_arguments, check_output, format_loss, train_config, training_progress
 
 EPILOG = """\
 configs (--config): scaled-down deep-and-thin `tiny`/`small`, and the paper
@@ -41,7 +42,7 @@ def register(subparsers):
     parser.add_argument("--tokenizer", default=None,
                         help="tokenizer directory or tiktoken:NAME (default: the default model's)")
     parser.add_argument("-o", "--output", required=True, help="run directory (model in OUTPUT/model)")
-    parser.add_argument("--max-length", type=int, default=256, help="tokens per packed row (default 256)")
+    parser.add_argument("--max-length", type=positive_int, default=256, help="tokens per packed row (default 256)")
     parser.add_argument("--teacher", default=None, help="teacher model for distillation")
     parser.add_argument("--distill-alpha", type=float, default=0.5, help="weight of the KL term")
     parser.add_argument("--distill-temperature", type=float, default=2.0)
@@ -49,7 +50,37 @@ def register(subparsers):
     parser.set_defaults(func=run)
 
 
+def check_arguments(args) -> None:
+    """Everything a user can get wrong, before MLX, mlx-lm or `datasets` is imported."""
+    import importlib.util
+    from pathlib import Path
+
+    from ..errors import MlxsmallError
+    from ..hub import looks_like_path, looks_like_repo_id
+    from ..train.shapes import CONFIGS
+
+    if args.config not in CONFIGS[args.arch]:
+        raise MlxsmallError(f"unknown --config {args.config!r} for {args.arch}; choose one of "
+                            f"{', '.join(CONFIGS[args.arch])}")
+    if args.layer_sharing and args.arch != "mobilellm":
+        raise MlxsmallError("--layer-sharing is a MobileLLM option")
+    for source in args.corpus:
+        if Path(source).expanduser().exists():
+            continue
+        if looks_like_path(source) or not looks_like_repo_id(source):
+            raise MlxsmallError(f"{source}: no such file or directory")
+        if importlib.util.find_spec("datasets") is None:
+            raise MlxsmallError(f"{source}: not a local file or directory; to use a hub dataset "
+                                "install the 'datasets' package (pip install datasets)")
+    if args.tokenizer and not args.tokenizer.startswith("tiktoken:") and \
+            not Path(args.tokenizer).expanduser().is_dir():
+        raise MlxsmallError(f"--tokenizer: {args.tokenizer}: not a tokenizer directory (or use tiktoken:NAME)")
+    check_model(args.teacher)
+    check_output(args.output, resume=args.resume, force=args.force)
+
+
 def run(args):
+    check_arguments(args)
     import mlx.core as mx
 
     from ..train.pretrain import PretrainSettings, pretrain

@@ -1,7 +1,6 @@
 """mlxsmall quantize: write a quantized copy of a model."""
 
 import argparse
-from pathlib import Path
 
 from ..quantize import RECIPES, SUPPORTED_BITS, VISION_TOWER_MODES
 
@@ -44,11 +43,10 @@ def register(subparsers):
 
 
 def run(args):
-    from ..errors import MlxsmallError
+    from ._common import check_model, check_new_output
 
-    output = Path(args.output).expanduser()
-    if output.exists() and not args.force:  # before the seconds of loading, not after
-        raise MlxsmallError(f"{output}: already exists (pass --force to replace it)")
+    check_model(args.source)  # before the seconds of loading, not after
+    check_new_output(args.output, args.force)
     from ..hub import resolve_model_path
     from ..loading import load_model, save_model
     from ..quantize import bits_per_weight, quantize_checkpoint

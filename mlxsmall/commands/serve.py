@@ -3,7 +3,7 @@
 import argparse
 import sys
 
-from ._common import add_model_argument, load_for_run
+from ._common import add_model_argument, check_model, load_for_run, port_number, positive_int
 
 EPILOG = """\
 endpoints (OpenAI's API; any OpenAI client works with base_url http://HOST:PORT/v1):
@@ -31,13 +31,13 @@ def register(subparsers):
     add_model_argument(parser)
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (default 127.0.0.1; 0.0.0.0 for the LAN)")
-    parser.add_argument("--port", type=int, default=8080, help="port (default 8080)")
+    parser.add_argument("--port", type=port_number, default=8080, help="port (default 8080)")
     parser.add_argument("--api-key", default=None, metavar="KEY",
                         help="require 'Authorization: Bearer KEY' on every request")
     parser.add_argument("--model-id", default=None, metavar="NAME",
                         help="the name /v1/models lists and requests may use (default: the directory name)")
     defaults = parser.add_argument_group("defaults for requests that do not say")
-    defaults.add_argument("-m", "--max-tokens", type=int, default=256, help="tokens to generate (default 256)")
+    defaults.add_argument("-m", "--max-tokens", type=positive_int, default=256, help="tokens to generate (default 256)")
     defaults.add_argument("-t", "--temperature", "--temp", type=float, default=0.0, help="0 = greedy (default)")
     defaults.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling (default 1.0 = off)")
     defaults.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens (0 = off)")
@@ -47,11 +47,10 @@ def register(subparsers):
 
 
 def run(args):
+    check_model(args.model)
     from ..errors import MlxsmallError
     from ..serve import make_server
 
-    if args.max_tokens < 1:
-        raise MlxsmallError("--max-tokens must be at least 1")
     model, tokenizer, path = load_for_run(args)
     try:
         server = make_server(

@@ -5,7 +5,7 @@ Running one goes through the main commands: generate/chat --image, quantize --vi
 import argparse
 
 from ..errors import MlxsmallError
-from ._common import Formatter
+from ._common import Formatter, check_input_file, check_model, check_new_output, non_negative_int, positive_int
 
 EPILOG = """\
 examples:
@@ -44,7 +44,7 @@ def register(subparsers):
     build.add_argument("--projector", choices=["mlp", "pool"], default="mlp",
                        help="mlp: LLaVA-1.5 Linear-GELU-Linear; pool: average-pool the patch grid first "
                        "(4x fewer image tokens with stride 2, e.g. 576 -> 144), faster first token")
-    build.add_argument("--pool-stride", type=int, default=2, help="pooling window for --projector pool")
+    build.add_argument("--pool-stride", type=positive_int, default=2, help="pooling window for --projector pool")
     build.add_argument("--feature-layer", type=int, default=-2,
                        help="vision layer to read (HF hidden_states index; -2 = penultimate, as LLaVA)")
     build.add_argument("--seed", type=int, default=0, help="projector initialisation seed")
@@ -69,15 +69,15 @@ def register(subparsers):
     train.add_argument("--valid", help="held-out samples (same format): validation loss before and after")
     train.add_argument("-o", "--output", required=True, help="where to write the trained VLM")
     train.add_argument("--stage", choices=["projector", "finetune"], default="projector")
-    train.add_argument("--steps", type=int, default=200)
-    train.add_argument("--batch-size", type=int, default=8)
+    train.add_argument("--steps", type=positive_int, default=200)
+    train.add_argument("--batch-size", type=positive_int, default=8)
     train.add_argument("--learning-rate", "--lr", type=float, default=1e-3)
-    train.add_argument("--lora-rank", type=int, default=None, help="stage 2: LoRA rank instead of full finetuning")
-    train.add_argument("--grad-accumulation", type=int, default=1, help="micro-batches per optimizer step")
-    train.add_argument("--max-length", type=int, default=2048, help="tokens per example (image tokens included)")
+    train.add_argument("--lora-rank", type=positive_int, default=None, help="stage 2: LoRA rank instead of full finetuning")
+    train.add_argument("--grad-accumulation", type=positive_int, default=1, help="micro-batches per optimizer step")
+    train.add_argument("--max-length", type=positive_int, default=2048, help="tokens per example (image tokens included)")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--run-dir", help="training log and checkpoints (default: OUTPUT.run)")
-    train.add_argument("--save-every", type=int, default=0, help="checkpoint every N steps (0: at the end)")
+    train.add_argument("--save-every", type=non_negative_int, default=0, help="checkpoint every N steps (0: at the end)")
     train.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --run-dir")
     train.add_argument("--force", action="store_true", help="overwrite OUTPUT and start --run-dir over")
     train.set_defaults(func=run_train)
@@ -86,6 +86,9 @@ def register(subparsers):
 
 
 def run_build(args):
+    check_model(args.vision)
+    check_model(args.lm)
+    check_new_output(args.output, args.force)
     from ..convert.vlm import build_vlm
     from ..hub import checkpoint_dir, resolve_model_path
 
@@ -97,6 +100,8 @@ def run_build(args):
 
 
 def run_convert(args):
+    check_model(args.source)
+    check_new_output(args.output, args.force)
     from ..convert.vlm import convert_llava
     from ..hub import checkpoint_dir
 
@@ -104,7 +109,28 @@ def run_convert(args):
     return 0
 
 
+def check_train_arguments(args) -> None:
+    import json
+    from pathlib import Path
+
+    check_model(args.model)
+    config = Path(args.model).expanduser() / "config.json"
+    if config.is_file():  # a local directory: it must be a VLM (repo ids are checked once downloaded)
+        try:
+            model_type = json.loads(config.read_text()).get("model_type")
+        except (ValueError, AttributeError):
+            raise MlxsmallError(f"{config}: not valid JSON") from None
+        if model_type != "llava":
+            raise MlxsmallError(f"{args.model}: not a vision-language model (build one with `mlxsmall vlm build`)")
+    check_input_file(args.data, "--data")
+    if args.valid:
+        check_input_file(args.valid, "--valid")
+    if Path(args.output).exists() and not (args.force or args.resume):
+        raise MlxsmallError(f"{args.output}: already exists (pass --force to replace it)")
+
+
 def run_train(args):
+    check_train_arguments(args)
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -114,10 +140,6 @@ def run_train(args):
     from ..train.trainer import TrainConfig
     from ..train.vlm_train import VLMTrainSettings, read_samples, train_vlm
 
-    from pathlib import Path
-
-    if Path(args.output).exists() and not (args.force or args.resume):
-        raise MlxsmallError(f"{args.output}: already exists (pass --force to replace it)")
     samples = read_samples(args.data)
     model, tokenizer = load(args.model)
     if not hasattr(model, "vision_tower"):

@@ -61,12 +61,7 @@ def tokenize_records(records: Sequence[dict], tokenizer, *, mask_prompt: bool = 
     """
     from mlx_lm.tuner.datasets import create_dataset
 
-    first = records[0]
-    kind = format_of(first, source)
-    for index, record in enumerate(records):
-        if format_of(record, source) != kind:
-            raise MlxsmallError(f"{source}: record {index} is {format_of(record, source)!r}, "
-                                f"but the first record is {kind!r}; use one format per file")
+    kind = check_records(records, source)
     if kind != "text" and not has_chat_template(tokenizer):
         if kind == "messages":
             raise MlxsmallError(f"{source}: chat 'messages' records need a tokenizer with a chat "
@@ -82,6 +77,17 @@ def tokenize_records(records: Sequence[dict], tokenizer, *, mask_prompt: bool = 
             raise MlxsmallError(f"{source}: record {index}: {error}") from None
         examples.append((list(tokens), int(offset)))
     return examples
+
+
+def check_records(records: Sequence[dict], source: str = "data") -> str:
+    """The one format of ``records`` ("text", "completion" or "messages"); raises, naming the
+    record, on an unknown or a second format. Needs no tokenizer: runs before the model loads."""
+    kind = format_of(records[0], source)
+    for index, record in enumerate(records):
+        if format_of(record, source) != kind:
+            raise MlxsmallError(f"{source}: record {index} is {format_of(record, source)!r}, "
+                                f"but the first record is {kind!r}; use one format per file")
+    return kind
 
 
 def format_of(record: dict, source: str) -> str:
@@ -279,9 +285,23 @@ class BatchStream:
             position += 1
 
 
-def load_finetune_data(data: str, tokenizer, *, mask_prompt: bool = True, seed: int = 0):
-    """Tokenized (train, valid) examples for ``mlxsmall finetune --data``."""
-    train_records, valid_records = load_split_records(data, seed=seed)
+def check_finetune_data(data: str, *, seed: int = 0):
+    """``(train, valid)`` records of a local --data file or directory, read and checked (JSON,
+    one known format per split) without a tokenizer, so that a bad file fails before the model
+    loads; None for a hub dataset id (read later)."""
+    if not Path(data).expanduser().exists():
+        return None
+    train_records, valid_records = load_split_records(str(Path(data).expanduser()), seed=seed)
+    check_records(train_records, f"{data} (train)")
+    if valid_records:
+        check_records(valid_records, f"{data} (valid)")
+    return train_records, valid_records
+
+
+def load_finetune_data(data: str, tokenizer, *, mask_prompt: bool = True, seed: int = 0, records=None):
+    """Tokenized (train, valid) examples for ``mlxsmall finetune --data`` (``records``: already
+    read by ``check_finetune_data``)."""
+    train_records, valid_records = records or load_split_records(data, seed=seed)
     train = tokenize_records(train_records, tokenizer, mask_prompt=mask_prompt, source=f"{data} (train)")
     valid = (tokenize_records(valid_records, tokenizer, mask_prompt=mask_prompt, source=f"{data} (valid)")
              if valid_records else [])

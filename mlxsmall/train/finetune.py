@@ -19,7 +19,7 @@ from ..loading import load_model, load_tokenizer, read_config, save_model
 from ..quantize import is_quantized, quantize_model
 from . import adapters as adapter_lib
 from . import checkpoint as ckpt
-from .data import BatchStream, load_finetune_data
+from .data import BatchStream, check_finetune_data, load_finetune_data
 from .trainer import TrainConfig, Trainer, TrainResult
 
 METHODS = ("lora", "dora", "qlora", "full")
@@ -74,7 +74,10 @@ def prepare_model(model_dir: Path, settings: FinetuneSettings):
 
 
 def finetune(model: str, data: str, output_dir, settings: FinetuneSettings, *,
-             resume: bool = False, force: bool = False) -> TrainResult:
+             resume: bool = False, force: bool = False, records=None) -> TrainResult:
+    """``records``: ``(train, valid)`` from ``check_finetune_data`` (read otherwise, and checked
+    before the model loads)."""
+    records = records or check_finetune_data(data, seed=settings.train.seed)
     model_dir = resolve_model_path(model)
     output_dir = Path(output_dir)
     group = mx.distributed.init()
@@ -85,7 +88,7 @@ def finetune(model: str, data: str, output_dir, settings: FinetuneSettings, *,
     net, config, adapter_config = prepare_model(model_dir, settings)
     tokenizer = load_tokenizer(model_dir)
     train_examples, valid_examples = load_finetune_data(
-        data, tokenizer, mask_prompt=settings.mask_prompt, seed=settings.train.seed)
+        data, tokenizer, mask_prompt=settings.mask_prompt, seed=settings.train.seed, records=records)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     train_stream = BatchStream(train_examples, batch_size=settings.train.batch_size,
                                max_length=settings.max_length, pack=settings.pack,
