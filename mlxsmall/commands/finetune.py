@@ -250,6 +250,11 @@ def check_output(output: str, *, resume: bool, force: bool) -> None:
 def run(args):
     check_model(args.model)  # before the seconds of loading the model, not after
     records = check_data(args.data, seed=args.seed)
+    if records and not args.pack and len(records[0]) < args.batch_size:
+        from ..errors import MlxsmallError
+
+        raise MlxsmallError(f"{args.data}: {len(records[0])} training examples, fewer than --batch-size "
+                            f"{args.batch_size}; lower --batch-size or add data")
     check_output(args.output, resume=args.resume, force=args.force)
     from ..train.finetune import FinetuneSettings, finetune
     from ._common import model_path, printed_warnings

@@ -291,10 +291,14 @@ def check_finetune_data(data: str, *, seed: int = 0):
     loads; None for a hub dataset id (read later)."""
     if not Path(data).expanduser().exists():
         return None
-    train_records, valid_records = load_split_records(str(Path(data).expanduser()), seed=seed)
-    check_records(train_records, f"{data} (train)")
-    if valid_records:
-        check_records(valid_records, f"{data} (valid)")
+    path = Path(data).expanduser()
+    train_records, valid_records = load_split_records(str(path), seed=seed)
+    if path.is_file():  # one file, split here: one format in all of it
+        check_records(train_records + valid_records, str(data))
+    else:
+        check_records(train_records, f"{data} (train)")
+        if valid_records:
+            check_records(valid_records, f"{data} (valid)")
     return train_records, valid_records
 
 
