@@ -151,8 +151,12 @@ def resolve_tasks(names: Sequence[str]) -> List[Task]:
             elif part in TASKS:
                 members = [part]
             else:
-                known = ", ".join(sorted(TASKS) + sorted(GROUPS) + ["all"])
-                raise MlxsmallError(f"--tasks: unknown task {part!r}; known: {known}")
+                import difflib
+
+                names = sorted(TASKS) + sorted(GROUPS) + ["all"]
+                close = difflib.get_close_matches(part.lower(), names, n=3, cutoff=0.6)
+                hint = f"did you mean {' or '.join(close)}?" if close else f"known: {', '.join(names)}"
+                raise MlxsmallError(f"--tasks: unknown task {part!r}; {hint}")
             chosen += [m for m in members if m not in chosen]
     return [TASKS[name] for name in chosen]
 

@@ -50,10 +50,10 @@ def vision_language_route(args) -> bool:
 def add_sampling_arguments(parser):
     group = parser.add_argument_group("sampling")
     group.add_argument("-m", "--max-tokens", type=positive_int, default=256, help="tokens to generate (default 256)")
-    group.add_argument("-t", "--temperature", "--temp", type=float, default=0.0, help="0 = greedy (default)")
-    group.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling (default 1.0 = off)")
-    group.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens (0 = off)")
-    group.add_argument("--repetition-penalty", type=float, default=None)
+    group.add_argument("-t", "--temperature", "--temp", type=temperature, default=0.0, help="0 = greedy (default)")
+    group.add_argument("--top-p", type=top_p, default=1.0, help="nucleus sampling (default 1.0 = off)")
+    group.add_argument("--top-k", type=non_negative_int, default=0, help="keep the k most likely tokens (0 = off)")
+    group.add_argument("--repetition-penalty", type=positive_float, default=None)
     group.add_argument("--seed", type=int, default=None, help="random seed for sampling")
     group.add_argument("--stop", action="append", default=[], metavar="TEXT",
                        help="stop when TEXT is generated (repeatable)")
@@ -79,6 +79,32 @@ def non_negative_int(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be at least 0, not {value}")
     return value
+
+
+def number_in(low: float, high: float, *, low_open: bool = False, high_open: bool = False, name: str = ""):
+    """argparse type: a float in the interval from ``low`` to ``high`` (open ends as asked)."""
+    if high == float("inf"):
+        interval = f"{'greater than' if low_open else 'at least'} {low:g}"
+    else:
+        interval = f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid number: {text!r}") from None
+        inside = (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
+        if not inside:
+            raise argparse.ArgumentTypeError(f"must be {interval}, not {text}")
+        return value
+
+    parse.__name__ = name or "number"
+    return parse
+
+
+temperature = number_in(0, float("inf"), high_open=True, name="temperature")
+top_p = number_in(0, 1, low_open=True, name="top_p")
+positive_float = number_in(0, float("inf"), low_open=True, high_open=True, name="positive_float")
 
 
 def port_number(text: str) -> int:

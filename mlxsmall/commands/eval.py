@@ -109,6 +109,8 @@ def run(args):
     if not tasks:
         raise MlxsmallError("--tasks: nothing to evaluate")
     check_data(args.data, tasks)  # a bad --data file fails here, before a model loads
+    if args.data == "hub":
+        check_hub_data(tasks)
     check_model(args.model)
     for spec in args.compare or []:  # every spec and model named, before the base model converts
         variant = parse_variant(spec, args.model or DEFAULT)
@@ -147,6 +149,21 @@ def run(args):
         else:
             print(f"plot: {written}", file=sys.stderr)
     return 0
+
+
+def check_hub_data(tasks) -> None:
+    """--data hub: every task has a hub dataset and the `datasets` package is there (it is read after the model loads)."""
+    import importlib.util
+    import os
+
+    from mlxsmall.errors import MlxsmallError
+
+    for task in tasks:
+        if task.hub is None and not os.path.isabs(task.sample_file):  # --text-file tasks read their own file
+            raise MlxsmallError(f"{task.name}: no hub dataset; run it with --data sample")
+    if importlib.util.find_spec("datasets") is None:
+        raise MlxsmallError("--data hub needs the `datasets` package (pip install datasets); "
+                            "--data sample runs the shipped sample sets offline")
 
 
 def run_with_progress(variants, tasks, options, *, dense_on_cpu):

@@ -3,7 +3,9 @@
 import argparse
 import contextlib
 
-from ._common import check_model, non_negative_int, positive_int
+from ._common import check_model, non_negative_int, number_in, positive_float, positive_int
+
+dropout_rate = number_in(0, 1, high_open=True, name="dropout_rate")
 
 EPILOG = """\
 data (--data): a directory with train.jsonl (and valid.jsonl), one .jsonl file
@@ -97,28 +99,6 @@ def add_training_arguments(parser, steps, learning_rate):
     group.add_argument("--force", action="store_true",
                        help="start over, deleting earlier checkpoints in the output directory")
     group.add_argument("--quiet", action="store_true", help="no progress bar")
-
-
-def positive_float(text: str) -> float:
-    """argparse type: a number > 0 (a learning rate)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid number: {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be greater than 0, not {text}")
-    return value
-
-
-def dropout_rate(text: str) -> float:
-    """argparse type: a probability in [0, 1)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid number: {text!r}") from None
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1), not {text}")
-    return value
 
 
 def train_config(args):

@@ -3,7 +3,9 @@
 import argparse
 import sys
 
-from ._common import add_model_argument, check_model, load_for_run, port_number, positive_int
+from ._common import (
+    add_model_argument, check_model, load_for_run, non_negative_int, port_number, positive_int, temperature, top_p,
+)
 
 EPILOG = """\
 endpoints (OpenAI's API; any OpenAI client works with base_url http://HOST:PORT/v1):
@@ -38,9 +40,9 @@ def register(subparsers):
                         help="the name /v1/models lists and requests may use (default: the directory name)")
     defaults = parser.add_argument_group("defaults for requests that do not say")
     defaults.add_argument("-m", "--max-tokens", type=positive_int, default=256, help="tokens to generate (default 256)")
-    defaults.add_argument("-t", "--temperature", "--temp", type=float, default=0.0, help="0 = greedy (default)")
-    defaults.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling (default 1.0 = off)")
-    defaults.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens (0 = off)")
+    defaults.add_argument("-t", "--temperature", "--temp", type=temperature, default=0.0, help="0 = greedy (default)")
+    defaults.add_argument("--top-p", type=top_p, default=1.0, help="nucleus sampling (default 1.0 = off)")
+    defaults.add_argument("--top-k", type=non_negative_int, default=0, help="keep the k most likely tokens (0 = off)")
     defaults.add_argument("--stop", action="append", default=[], metavar="TEXT",
                           help="stop when TEXT is generated, for every request (repeatable)")
     parser.set_defaults(func=run)
