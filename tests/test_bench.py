@@ -93,5 +93,7 @@ def test_bench_cli(make_tiny_model, tmp_path, capsys, monkeypatch):
 def test_bench_cli_rejects_bad_counts(capsys):
     from mlxsmall.cli import main
 
-    assert main(["bench", "-r", "0"]) == 2
+    with pytest.raises(SystemExit) as exited:  # an argparse error now: before anything is imported
+        main(["bench", "-r", "0"])
+    assert exited.value.code == 2
     assert "must be at least 1" in capsys.readouterr().err
