@@ -9,6 +9,7 @@ concurrently once per session; each case then checks its own result.
 
 import importlib.util
 import json
+import socket
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -22,6 +23,7 @@ from user_cli import user_env  # noqa: E402
 HEAVY = ("mlx_lm", "transformers", "torch", "scipy", "datasets")
 
 # (argv with {d} = a folder of prepared files, what the error line must name)
+# {port}: a port in use on 127.0.0.1.
 # {d}/model: a directory with a config.json (never loaded: every check comes first);
 # {d}/taken: an existing output; {d}/adapters: an adapter directory; {d}/vlm: a VLM directory.
 CASES = {
@@ -59,6 +61,9 @@ CASES = {
     # serve and dashboard share the --port type
     "serve port too big": (["serve", "--port", "99999"], "--port: a port is 0-65535, not 99999"),
     "serve port negative": (["serve", "--port", "-1"], "--port: a port is 0-65535"),
+    "serve port in use": (["serve", "--host", "127.0.0.1", "--port", "{port}"], "cannot listen on 127.0.0.1:{port}"),
+    "dashboard serve port in use": (["dashboard", "--serve", "--host", "127.0.0.1", "--port", "{port}"],
+                                    "cannot listen on 127.0.0.1:{port}"),
     "serve model missing": (["serve", "{d}/nope"], "nope: no such file"),
     "serve max tokens 0": (["serve", "-m", "0"], "--max-tokens: must be at least 1"),
     "dashboard port too big": (["dashboard", "--port", "70000"], "--port: a port is 0-65535"),
@@ -168,7 +173,7 @@ def results(tmp_path_factory):
     env = user_env(root, root / "cache")
 
     def run(argv):
-        argv = [arg.format(d=folder) for arg in argv]
+        argv = [arg.format(d=folder, port=port) for arg in argv]
         try:
             done = subprocess.run([sys.executable, "-X", "importtime", "-m", "mlxsmall", *argv], capture_output=True,
                                   text=True, env=env, cwd=root, stdin=subprocess.DEVNULL, timeout=60)
@@ -182,16 +187,19 @@ def results(tmp_path_factory):
                 lines.append(line)
         return done.returncode, lines, imported
 
-    with ThreadPoolExecutor(max_workers=4) as pool:
+    with socket.socket() as taken, ThreadPoolExecutor(max_workers=4) as pool:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
         outcomes = dict(zip(CASES, pool.map(run, (argv for argv, _ in CASES.values()))))
-    return folder, outcomes
+    return folder, port, outcomes
 
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_a_mistake_is_one_line_before_any_heavy_import(case, results):
-    folder, outcomes = results
+    folder, port, outcomes = results
     returncode, lines, imported = outcomes[case]
-    fragment = CASES[case][1].format(d=folder)
+    fragment = CASES[case][1].format(d=folder, port=port)
     assert returncode == 2, (returncode, lines)
     assert lines, "no error message"
     error = lines[-1]

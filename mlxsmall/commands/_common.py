@@ -139,6 +139,28 @@ def check_model(name) -> None:
         raise MlxsmallError(f"{path}: not a model directory (no config.json)")
 
 
+def check_port_free(host: str, port: int) -> None:
+    """The server's address can be bound, tried before the model loads: a port in use (or a host
+    that is not this machine's) is one line now instead of after seconds of loading."""
+    import socket
+
+    from ..errors import MlxsmallError
+
+    if port == 0:
+        return
+    try:
+        family, kind, _, _, address = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
+                                                          flags=socket.AI_PASSIVE)[0]
+    except socket.gaierror as error:
+        raise MlxsmallError(f"--host {host}: {error.strerror}") from None
+    with socket.socket(family, kind) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as http.server binds
+        try:
+            probe.bind(address)
+        except OSError as error:
+            raise MlxsmallError(f"cannot listen on {host}:{port}: {error.strerror}") from None
+
+
 def check_new_output(output, force: bool) -> None:
     """An output directory that exists is replaced only with --force."""
     from pathlib import Path

@@ -5,7 +5,7 @@ import shlex
 import sys
 
 from ._common import (
-    add_model_argument, add_sampling_arguments, check_model, model_path, port_number, positive_int, sampling_kwargs,
+    add_model_argument, add_sampling_arguments, check_model, check_port_free, model_path, port_number, positive_int, sampling_kwargs,
 )
 
 EPILOG = """\
@@ -127,6 +127,8 @@ def check_arguments(args) -> None:
     if args.attach and not args.attach.startswith(("http://", "https://")):
         raise MlxsmallError(f"--attach: {args.attach}: not an http:// or https:// URL")
     check_model(args.model)
+    if args.serve:
+        check_port_free(args.host, args.port)
     if not Path(args.export_dir).expanduser().is_dir():
         raise MlxsmallError(f"--export-dir: {args.export_dir}: no such directory")
 

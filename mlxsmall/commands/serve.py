@@ -4,7 +4,7 @@ import argparse
 import sys
 
 from ._common import (
-    add_model_argument, check_model, load_for_run, non_negative_int, port_number, positive_int, temperature, top_p,
+    add_model_argument, check_model, check_port_free, load_for_run, non_negative_int, port_number, positive_int, temperature, top_p,
 )
 
 EPILOG = """\
@@ -50,6 +50,7 @@ def register(subparsers):
 
 def run(args):
     check_model(args.model)
+    check_port_free(args.host, args.port)
     from ..errors import MlxsmallError
     from ..serve import make_server
 
