@@ -76,7 +76,7 @@ CASES = {
                                    "give a MODEL or --attach"),
     # the model commands
     "generate model missing": (["generate", "{d}/nope", "-p", "hi"], "nope: no such file"),
-    "generate image missing": (["generate", "-p", "hi", "--image", "{d}/nope.png"], "--image: {d}/nope.png: no such file"),
+    "generate image missing": (["generate", "-p", "hi", "--image", "{d}/nope.png"], "--image: {d}/nope.png: no such image file"),
     "generate temperature -1": (["generate", "-p", "hi", "--temp", "-1"], "--temp: must be at least 0, not -1"),
     "generate top p 0": (["generate", "-p", "hi", "--top-p", "0"], "--top-p: must be in (0, 1], not 0"),
     "generate top k -1": (["generate", "-p", "hi", "--top-k", "-1"], "--top-k: must be at least 0"),
@@ -87,7 +87,7 @@ CASES = {
                                  "--distill-alpha: must be in [0, 1]"),
     "chat model missing": (["chat", "{d}/nope"], "nope: no such file"),
     "chat context 0": (["chat", "--context", "0"], "--context: must be at least 1"),
-    "chat image missing": (["chat", "{d}/vlm", "--image", "{d}/nope.png"], "--image: {d}/nope.png: no such file"),
+    "chat image missing": (["chat", "{d}/vlm", "--image", "{d}/nope.png"], "--image: {d}/nope.png: no such image file"),
     "info model missing": (["info", "{d}/nope"], "nope: no such file"),
     "info alias typo": (["info", "mobilama"], "did you mean mobillama"),
     "quantize model missing": (["quantize", "{d}/nope", "-o", "{d}/out"], "nope: no such file"),

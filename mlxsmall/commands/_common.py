@@ -187,9 +187,13 @@ def check_input_file(path, option: str) -> None:
 
 def check_images(images) -> None:
     """Local --image files exist (URLs are fetched later)."""
+    from pathlib import Path
+
+    from ..errors import MlxsmallError
+
     for source in images:
-        if not str(source).startswith(("http://", "https://")):
-            check_input_file(source, "--image")
+        if not str(source).startswith(("http://", "https://")) and not Path(source).expanduser().is_file():
+            raise MlxsmallError(f"--image: {source}: no such image file")
 
 
 def sampling_kwargs(args) -> dict:
