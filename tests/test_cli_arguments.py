@@ -58,6 +58,8 @@ CASES = {
     "eval model missing": (["eval", "{d}/nope"], "nope: no such file"),
     "eval limit 0": (["eval", "--limit", "0"], "--limit must be at least 1"),
     "eval text file missing": (["eval", "--text-file", "{d}/nope.txt"], "nope.txt: no such file"),
+    "eval output is a directory": (["eval", "-o", "{d}/taken"], "-o: {d}/taken: is a directory"),
+    "eval plot under a file": (["eval", "--plot", "{d}/hostname/q.png"], "{d}/hostname is a file"),
     # serve and dashboard share the --port type
     "serve port too big": (["serve", "--port", "99999"], "--port: a port is 0-65535, not 99999"),
     "serve port negative": (["serve", "--port", "-1"], "--port: a port is 0-65535"),
@@ -111,6 +113,7 @@ CASES = {
     "bench model missing": (["bench", "{d}/nope"], "nope: no such file"),
     "bench unknown precision": (["bench", "--precisions", "q7"], "unknown precision 'q7'"),
     "bench prompt 0": (["bench", "-p", "0"], "--prompt-tokens: must be at least 1"),
+    "bench output under a file": (["bench", "-o", "{d}/hostname/b.json"], "{d}/hostname is a file"),
     "bench warmup -1": (["bench", "--warmup", "-1"], "--warmup: must be at least 0"),
     "pretrain corpus missing": (["pretrain", "{d}/nope", "-o", "{d}/out"], "nope: no such file"),
     "pretrain unknown config": (["pretrain", "{d}/good.jsonl", "-o", "{d}/out", "--config", "huge"],

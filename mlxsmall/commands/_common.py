@@ -172,6 +172,25 @@ def check_new_output(output, force: bool) -> None:
         raise MlxsmallError(f"{path}: already exists (pass --force to replace it)")
 
 
+def check_output_file(path, option: str) -> None:
+    """A file the command writes at the end (results, plots) can be written there: found out now,
+    not after minutes of evaluation."""
+    from pathlib import Path
+
+    from ..errors import MlxsmallError
+
+    if not path:
+        return
+    file = Path(path).expanduser()
+    if file.is_dir():
+        raise MlxsmallError(f"{option}: {path}: is a directory; give a file name")
+    for parent in file.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise MlxsmallError(f"{option}: {path}: {parent} is a file, not a directory")
+            break
+
+
 def check_input_file(path, option: str) -> None:
     """An input file the command reads (--text-file, an image, ...) exists and is a file."""
     from pathlib import Path

@@ -5,7 +5,7 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ._common import check_model, model_path, non_negative_int, positive_int, printed_warnings
+from ._common import check_model, check_output_file, model_path, non_negative_int, positive_int, printed_warnings
 
 DEFAULT_PRECISIONS = ["fp16", "q8", "q6", "q4", "q3", "q2"]
 
@@ -56,6 +56,8 @@ DEFAULT = "<the default model>"  # stands for the base model while --precisions 
 def run(args):
     from mlxsmall.eval.variants import parse_variant
 
+    check_output_file(args.output, "-o")
+    check_output_file(args.plot, "--plot")
     check_model(args.model)
     for spec in args.precisions:  # every precision and model named, before the base model converts
         variant = parse_variant(spec, args.model or DEFAULT)

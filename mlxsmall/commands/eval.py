@@ -5,7 +5,7 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ._common import check_model, model_path, printed_warnings
+from ._common import check_model, check_output_file, model_path, printed_warnings
 
 EPILOG = """\
 tasks (groups in brackets):
@@ -111,6 +111,8 @@ def run(args):
     check_data(args.data, tasks)  # a bad --data file fails here, before a model loads
     if args.data == "hub":
         check_hub_data(tasks)
+    check_output_file(args.output, "-o")
+    check_output_file(args.plot, "--plot")
     check_model(args.model)
     for spec in args.compare or []:  # every spec and model named, before the base model converts
         variant = parse_variant(spec, args.model or DEFAULT)
