@@ -61,6 +61,12 @@ def read_config(model_dir: Path) -> dict:
     return config
 
 
+def is_vision_language(path) -> bool:
+    """True when ``path`` is a local vision-language model directory (`generate`/`chat` route it)."""
+    config_path = Path(path).expanduser() / "config.json"
+    return config_path.is_file() and read_config(config_path.parent).get("model_type") == VISION_LANGUAGE_TYPE
+
+
 def stop_strings(model_dir) -> list:
     """Stop strings the model's ``generation_config.json`` asks for (e.g. "###" for FastChat)."""
     path = Path(model_dir) / "generation_config.json"

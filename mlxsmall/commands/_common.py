@@ -38,9 +38,9 @@ def vision_language_route(args) -> bool:
         from ..hub import check_name
 
         check_name(args.model)  # a missing path is "no such file", never "text-only"
-    from ..vlm import is_vlm_model
+    from ..loading import is_vision_language
 
-    is_vlm = bool(args.model) and is_vlm_model(args.model)
+    is_vlm = bool(args.model) and is_vision_language(args.model)
     if args.image and not is_vlm:
         raise MlxsmallError(
             f"--image needs a vision-language model; {args.model or 'the default model'} is text-only "
