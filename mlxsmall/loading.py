@@ -21,12 +21,12 @@ from mlx_lm.utils import dequantize_model, load_model as mlx_lm_load_model, save
 from mlx_lm.utils import save_model as mlx_lm_save_weights
 
 from .atomic import atomic_directory
+from .dtypes import float_type
 from .safetensors_io import read_header
 from .errors import MlxsmallError
 from .mlx_lm_model_file import add_model_file
 from .models import ARCHITECTURES, get_architecture
 
-DTYPES = {"float32": mx.float32, "float16": mx.float16, "bfloat16": mx.bfloat16}
 TOKENIZER_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",
@@ -241,9 +241,7 @@ def describe_weight_error(error: Exception, headers: dict) -> str:
 
 
 def cast_floating(model: nn.Module, dtype: str) -> nn.Module:
-    if dtype not in DTYPES:
-        raise MlxsmallError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
-    target = DTYPES[dtype]
+    target = float_type(dtype).mx
     # Quantized layers keep their packed uint32 weights; only floats are cast.
     model.update(
         tree_map(
