@@ -1,10 +1,9 @@
 """Model variants for side-by-side runs: one model at several precisions.
 
 A variant spec is ``[MODEL][@PRECISION]``; a bare precision applies to the base
-model of the run; ``stored`` (or no precision) is the model exactly as saved. Precisions: ``fp32``, ``fp16``, ``bf16``,
-``q8``/``q6``/``q5``/``q4``/``q3``/``q2`` (optionally ``q4g32`` for group size 32), and mlx-lm's mixed
-recipes ``mixed_2_6``, ``mixed_3_4``, ``mixed_3_6``, ``mixed_4_6`` (the bit widths and recipes of
-``mlxsmall.quantize``). A quantized variant is what ``mlxsmall quantize`` writes
+model of the run; ``stored`` (or no precision) is the model exactly as saved. Precisions: the float
+names of ``mlxsmall.dtypes`` (``fp16``...) and the levels of ``mlxsmall.quantize``'s one table
+(``q4``, ``q4g32`` for group size 32, ``mixed_3_6``). A quantized variant is what ``mlxsmall quantize`` writes
 (``mlxsmall.quantize.quantize_checkpoint`` on the stored weights), run the way ``load`` runs it
 (``mlxsmall.loading.run_settings``: fp32 norms, scales and activations on CPU); a float variant is
 what ``--dtype float16`` etc. run.

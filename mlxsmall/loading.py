@@ -21,7 +21,7 @@ from mlx_lm.utils import dequantize_model, load_model as mlx_lm_load_model, save
 from mlx_lm.utils import save_model as mlx_lm_save_weights
 
 from .atomic import atomic_directory
-from .dtypes import float_type
+from .dtypes import mx_dtype
 from .safetensors_io import read_header
 from .errors import MlxsmallError
 from .mlx_lm_model_file import add_model_file
@@ -241,7 +241,7 @@ def describe_weight_error(error: Exception, headers: dict) -> str:
 
 
 def cast_floating(model: nn.Module, dtype: str) -> nn.Module:
-    target = float_type(dtype).mx
+    target = mx_dtype(dtype)
     # Quantized layers keep their packed uint32 weights; only floats are cast.
     model.update(
         tree_map(

@@ -23,9 +23,8 @@ SUPPORTED_BITS = (2, 3, 4, 5, 6, 8)
 GROUP_SIZES = (32, 64, 128)
 # mlx-lm's recipe names (low bits, high bits), llama.cpp Q*_K_M-like choices.
 RECIPES = {"mixed_2_6": (2, 6), "mixed_3_4": (3, 4), "mixed_3_6": (3, 6), "mixed_4_6": (4, 6)}
-ACCEPTED = (f"quantize takes {', '.join(map(str, SUPPORTED_BITS[:-1]))} or {SUPPORTED_BITS[-1]} bits, "
-            f"group size {', '.join(map(str, GROUP_SIZES[:-1]))} or {GROUP_SIZES[-1]}, "
-            f"or a mixed recipe ({', '.join(RECIPES)})")
+ACCEPTED = (f"quantize takes --bits {'/'.join(map(str, SUPPORTED_BITS))}, --group-size "
+            f"{'/'.join(map(str, GROUP_SIZES))} or --mixed {'/'.join(RECIPES)}")
 LEVEL = re.compile(r"^q(\d+)(?:g(\d+))?$")  # a level name: q4 (group 64), q4g32
 LAYER_INDEX = re.compile(r"\blayers\.(\d+)\.")
 
@@ -41,10 +40,6 @@ def check_settings(bits: int = 4, group_size: int = 64, recipe: Optional[str] = 
     else:
         return
     raise MlxsmallError(f"{problem}: {ACCEPTED}")
-
-
-def level_name(bits: int, group_size: int = 64) -> str:
-    return f"q{bits}" if group_size == 64 else f"q{bits}g{group_size}"
 
 
 def level_settings(name: str) -> Optional[dict]:

@@ -4,7 +4,7 @@ import argparse
 import contextlib
 import sys
 
-from ..dtypes import NAMES, RUN_CHOICES, load_options
+from ..dtypes import BY_NAME, RUN_CHOICES, load_options
 
 
 def add_model_argument(parser, required=False):
@@ -29,8 +29,8 @@ def add_model_argument(parser, required=False):
 def add_dtype_argument(parser, help, running=False):
     """The one --dtype: a float name from `mlxsmall.dtypes`; commands that run a model also
     take auto (the default) and stored, the others default to keeping the stored dtype."""
-    parser.add_argument("--dtype", choices=RUN_CHOICES if running else NAMES, default="auto" if running else None,
-                        help=help)
+    parser.add_argument("--dtype", choices=RUN_CHOICES if running else list(BY_NAME),
+                        default="auto" if running else None, help=help)
 
 
 def add_image_argument(parser):
@@ -128,8 +128,5 @@ def printed_warnings(write=None):
             else:
                 print(line, file=sys.stderr)
 
-    unsubscribe = events.subscribe(show)
-    try:
+    with events.subscribed(show):
         yield
-    finally:
-        unsubscribe()

@@ -126,11 +126,8 @@ def training_progress(enabled=True, label="training"):
         yield console
         return
     if not console.is_terminal:  # logs and pipes: plain lines instead of a live bar
-        unsubscribe = events.subscribe(lambda event: print_line(console, event))
-        try:
+        with events.subscribed(lambda event: print_line(console, event)):
             yield console
-        finally:
-            unsubscribe()
         return
     progress = Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -157,12 +154,8 @@ def training_progress(enabled=True, label="training"):
         if fields.get("phase") == "checkpoint":
             progress.console.print(f"checkpoint: {fields['path']}")
 
-    unsubscribe = events.subscribe(on_event)
-    try:
-        with progress:
-            yield console
-    finally:
-        unsubscribe()
+    with events.subscribed(on_event), progress:
+        yield console
 
 
 def print_line(console, event):

@@ -92,15 +92,14 @@ def load_level(model_dir: Path, level: str, group_size: int = 64):
     `load` runs it; the stored quantization level is the model as saved."""
     from mlxsmall.eval.variants import Variant, load_variant
     from mlxsmall.loading import read_config
-    from mlxsmall.quantize import level_name, level_settings
+    from mlxsmall.quantize import level_settings
 
     quantization = read_config(model_dir).get("quantization") or {}
-    settings = level_settings(level) or {}
     precision = level
     if quantization and level == f"q{quantization.get('bits')}":
         precision = None  # as stored
-    elif "bits" in settings and "g" not in level:
-        precision = level_name(settings["bits"], group_size)
+    elif "bits" in (level_settings(level) or {}) and "g" not in level and group_size != 64:
+        precision = f"{level}g{group_size}"
     model, tokenizer, _ = load_variant(Variant(str(model_dir), precision))
     return model, tokenizer
 
