@@ -15,7 +15,7 @@ from typing import Optional, Tuple
 
 from mlxsmall.dtypes import BY_SHORT
 from mlxsmall.errors import MlxsmallError
-from mlxsmall.quantize import LEVEL, RECIPES, level_settings
+from mlxsmall.quantize import ACCEPTED, LEVEL, RECIPES, level_settings
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,7 @@ def refusal(precision: str) -> Optional[str]:
     try:
         if precision in BY_SHORT or level_settings(precision) is not None:
             return None
-        return f"use {', '.join(BY_SHORT)} or a quantization level (q4, q4g32, mixed_3_6)"
+        return f"use {', '.join(BY_SHORT)}, q<bits>[g<group size>] or a recipe; {ACCEPTED}"
     except MlxsmallError as error:
         return str(error)
 
