@@ -17,7 +17,6 @@ import argparse
 import json
 import re
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -25,20 +24,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from browser_helpers import open_page, start_dashboard_server, wait_until  # noqa: E402
+from bench_serve import PROMPT, plain_generate  # noqa: E402  (the same prompt and `generate` run)
 
-PROMPT = "Once upon a time, in a small village by the sea, there lived an old fisherman who"
 FINAL = re.compile(r"generation(\d+\.\d)tok/s(\(running\))?")
-
-
-def plain_generate(model, tokens):
-    result = subprocess.run(
-        [sys.executable, "-m", "mlxsmall", "generate", *([model] if model else []), "-p", PROMPT,
-         "-m", str(tokens)], capture_output=True, text=True,
-    )
-    stats = re.search(r"generation: (\d+) tokens, ([\d.]+) tok/s", result.stderr)
-    if result.returncode != 0 or stats is None:
-        raise SystemExit(f"mlxsmall generate failed: {result.stderr.strip()}")
-    return {"tokens": int(stats.group(1)), "tps": float(stats.group(2))}
 
 
 def browser_generate(page, screen):

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
+from mlxsmall import jsonl
 from mlxsmall.errors import MlxsmallError
 
 KEYWORDS = ("sample", "hub")  # the --data values that are not paths
@@ -190,20 +191,7 @@ def read_jsonl(path: Path, task_name: str) -> List[dict]:
         raise MlxsmallError(f"{path}: cannot read ({error.strerror})") from None
     key = (task_name, str(path), stat.st_mtime_ns, stat.st_size)
     if key not in _CACHE:
-        docs = []
-        with open(path, encoding="utf-8") as handle:
-            for number, line in enumerate(handle, 1):
-                if not line.strip():
-                    continue
-                try:
-                    doc = json.loads(line)
-                except json.JSONDecodeError as error:
-                    raise MlxsmallError(f"{path}:{number}: not JSON ({error.msg})") from None
-                check_doc(task_name, doc, f"{path}:{number}")
-                docs.append(doc)
-        if not docs:
-            raise MlxsmallError(f"{path}: no documents")
-        _CACHE[key] = docs
+        _CACHE[key] = jsonl.read_jsonl(path, lambda doc, where: check_doc(task_name, doc, where), what="documents")
     return list(_CACHE[key])
 
 

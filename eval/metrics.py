@@ -42,10 +42,6 @@ def f1_score(prediction: str, reference: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
-def best_over_references(metric: Callable[[str, str], float], prediction: str, references: Sequence[str]) -> float:
-    return max(metric(prediction, reference) for reference in references)
-
-
 # ---------------------------------------------------------------------------------------------
 # Summarization: ROUGE through Google's rouge-score package
 

@@ -1,26 +1,21 @@
 """Model variants for side-by-side runs: one model at several precisions.
 
 A variant spec is ``[MODEL][@PRECISION]``; a bare precision applies to the base
-model of the run; ``stored`` (or no precision) is the model exactly as saved. Precisions: ``fp32``, ``fp16``, ``bf16``,
-``q8``/``q6``/``q5``/``q4``/``q3``/``q2`` (optionally ``q4g32`` for group size 32), and mlx-lm's mixed
-recipes ``mixed_2_6``, ``mixed_3_4``, ``mixed_3_6``, ``mixed_4_6`` (the bit widths and recipes of
-``mlxsmall.quantize``). A quantized variant is what ``mlxsmall quantize`` writes
+model of the run; ``stored`` (or no precision) is the model exactly as saved. Precisions: the float
+names of ``mlxsmall.dtypes`` (``fp16``...) and the levels of ``mlxsmall.quantize``'s one table
+(``q4``, ``q4g32`` for group size 32, ``mixed_3_6``). A quantized variant is what ``mlxsmall quantize`` writes
 (``mlxsmall.quantize.quantize_checkpoint`` on the stored weights), run the way ``load`` runs it
 (``mlxsmall.loading.run_settings``: fp32 norms, scales and activations on CPU); a float variant is
-what ``--dtype fp16`` etc. run.
+what ``--dtype float16`` etc. run.
 """
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Tuple
 
+from mlxsmall.dtypes import BY_SHORT
 from mlxsmall.errors import MlxsmallError
-from mlxsmall.quantize import RECIPES, SUPPORTED_BITS
-
-FLOAT_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
-QUANT = re.compile(rf"^q([{''.join(map(str, SUPPORTED_BITS))}])(?:g(32|64|128))?$")
-LOOKS_LIKE_QUANT = re.compile(r"^q\d+(?:g\d+)?$")  # "q7": an unsupported width, not a model name
+from mlxsmall.quantize import ACCEPTED, LEVEL, RECIPES, level_settings
 
 
 @dataclass(frozen=True)
@@ -34,8 +29,14 @@ class Variant:
         return f"{name}@{self.precision}" if self.precision else name
 
 
-def is_precision(text: str) -> bool:
-    return text in FLOAT_DTYPES or bool(QUANT.match(text)) or text in RECIPES
+def refusal(precision: str) -> Optional[str]:
+    """None for a float name or a level `mlxsmall quantize` writes; otherwise why not, in quantize's words."""
+    try:
+        if precision in BY_SHORT or level_settings(precision) is not None:
+            return None
+        return f"use {', '.join(BY_SHORT)}, q<bits>[g<group size>] or a recipe; {ACCEPTED}"
+    except MlxsmallError as error:
+        return str(error)
 
 
 def parse_variant(spec: str, base: Optional[str]) -> Variant:
@@ -43,14 +44,10 @@ def parse_variant(spec: str, base: Optional[str]) -> Variant:
     model, _, precision = spec.rpartition("@") if "@" in spec else (spec, "", "")
     if precision == "stored" or (not precision and model == "stored"):
         model, precision = ("" if model == "stored" else model), ""
-    if not precision and (is_precision(model) or (LOOKS_LIKE_QUANT.match(model) and not Path(model).exists())):
+    if not precision and (refusal(model) is None or (LEVEL.match(model) and not Path(model).exists())):  # "q7"
         model, precision = "", model
-    if precision and not is_precision(precision):
-        raise MlxsmallError(
-            f"{spec}: unknown precision {precision!r}; use fp32, fp16, bf16, "
-            f"{', '.join(f'q{bits}' for bits in reversed(SUPPORTED_BITS))} "
-            f"(q4g32 for another group size) or one of {', '.join(RECIPES)}"
-        )
+    if precision and refusal(precision):
+        raise MlxsmallError(f"{spec}: unknown precision {precision!r}; {refusal(precision)}")
     model = model or base
     if not model:
         raise MlxsmallError(f"{spec}: name a model (MODEL@{precision}) or give a base model")
@@ -64,12 +61,10 @@ def nominal_bits(precision: Optional[str], config: Optional[dict] = None) -> Opt
         if quant:
             return float(quant.get("bits", 16))
         return None
-    if precision in FLOAT_DTYPES:
-        return {"fp32": 32.0, "fp16": 16.0, "bf16": 16.0}[precision]
-    match = QUANT.match(precision)
-    if match:
-        return float(match.group(1))
-    return float(RECIPES[precision][0])
+    if precision in BY_SHORT:
+        return float(BY_SHORT[precision].bits)
+    settings = level_settings(precision)
+    return float(settings.get("bits") or RECIPES[settings["recipe"]][0])
 
 
 def load_variant(variant: Variant, *, dequantize_after: bool = False) -> Tuple[object, object, dict]:
@@ -94,19 +89,14 @@ def load_variant(variant: Variant, *, dequantize_after: bool = False) -> Tuple[o
         config = dict(config, bits_per_weight=bits_per_weight(model))
         if dequantize_after:
             prepare_weights(model, config, dtype="float32", dequantize=True)
-    elif precision in FLOAT_DTYPES:
-        # As `--dtype fp16` etc. run the model.
-        model, config = load_model(model_dir, dtype=FLOAT_DTYPES[precision], dequantize=True, lazy=True)
+    elif precision in BY_SHORT:
+        # As `--dtype float16` etc. run the model.
+        model, config = load_model(model_dir, dtype=BY_SHORT[precision].name, dequantize=True, lazy=True)
         config = {k: v for k, v in config.items() if k not in ("quantization", "quantization_config")}
         config["bits_per_weight"] = bits_per_weight(model)
     else:
         model, config = load_model(model_dir, lazy=True)
-        match = QUANT.match(precision)
-        if match:
-            settings = dict(bits=int(match.group(1)), group_size=int(match.group(2) or 64))
-        else:
-            settings = dict(recipe=precision)
-        config = quantize_checkpoint(model, config, source=str(variant.model), **settings)
+        config = quantize_checkpoint(model, config, source=str(variant.model), **level_settings(precision))
         # Measured before any expansion: what the variant costs when deployed quantized.
         config["bits_per_weight"] = bits_per_weight(model)
         dtype, dequantize = run_settings("auto", dequantize=dequantize_after)

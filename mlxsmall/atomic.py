@@ -49,7 +49,7 @@ LOCK = ".lock"
 YOUNG_SECONDS = 60  # a live pid's dir younger than this may not hold its lock yet: left alone
 
 
-def _process_alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -73,7 +73,7 @@ def is_stale(path: Path) -> bool:
     pid = int(match.group(1) or match.group(2))
     if pid == os.getpid():
         return False
-    if not _process_alive(pid):
+    if not process_alive(pid):
         return True
     try:
         if time.time() - path.stat().st_mtime < YOUNG_SECONDS:

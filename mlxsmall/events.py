@@ -5,6 +5,7 @@ Callbacks run on the publisher's thread; a UI must hand events over to its
 own thread (Textual: ``call_from_thread`` / ``post_message``).
 """
 
+import contextlib
 import threading
 import time
 from dataclasses import dataclass, field
@@ -39,6 +40,16 @@ def subscribe(callback: Callable[[Event], None]) -> Callable[[], None]:
                 _subscribers.remove(callback)
 
     return unsubscribe
+
+
+@contextlib.contextmanager
+def subscribed(callback: Callable[[Event], None]):
+    """``subscribe`` for the length of a ``with`` block."""
+    unsubscribe = subscribe(callback)
+    try:
+        yield
+    finally:
+        unsubscribe()
 
 
 def publish(kind: str, **fields) -> Event:

@@ -4,6 +4,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
 
+from .dtypes import short_name
 from .errors import MlxsmallError
 from .loading import load_model, weight_bytes
 from .quantize import bits_per_weight
@@ -66,5 +67,5 @@ def weights_dtype(model) -> str:
 
     for _, value in tree_flatten(model.parameters()):
         name = str(value.dtype).replace("mlx.core.", "")
-        return {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16", "uint32": "quantized"}.get(name, name)
+        return "quantized" if name == "uint32" else short_name(name)
     return ""

@@ -21,6 +21,7 @@ from mlx_lm.utils import dequantize_model, load_model as mlx_lm_load_model, save
 from mlx_lm.utils import save_model as mlx_lm_save_weights
 
 from .atomic import atomic_directory
+from .dtypes import mx_dtype
 from .safetensors_io import read_header
 from .errors import MlxsmallError
 from .mlx_lm_model_file import add_model_file
@@ -31,7 +32,6 @@ from .models import ARCHITECTURES, vlm
 VISION_LANGUAGE_TYPE = "llava"
 MODEL_TYPES = {**ARCHITECTURES, VISION_LANGUAGE_TYPE: vlm}
 
-DTYPES = {"float32": mx.float32, "float16": mx.float16, "bfloat16": mx.bfloat16}
 TOKENIZER_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",
@@ -59,6 +59,12 @@ def read_config(model_dir: Path) -> dict:
     if not isinstance(config, dict):
         raise MlxsmallError(f"{path}: expected a JSON object")
     return config
+
+
+def is_vision_language(path) -> bool:
+    """True when ``path`` is a local vision-language model directory (`generate`/`chat` route it)."""
+    config_path = Path(path).expanduser() / "config.json"
+    return config_path.is_file() and read_config(config_path.parent).get("model_type") == VISION_LANGUAGE_TYPE
 
 
 def stop_strings(model_dir) -> list:
@@ -254,9 +260,7 @@ def describe_weight_error(error: Exception, headers: dict) -> str:
 
 
 def cast_floating(model: nn.Module, dtype: str) -> nn.Module:
-    if dtype not in DTYPES:
-        raise MlxsmallError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
-    target = DTYPES[dtype]
+    target = mx_dtype(dtype)
     # Quantized layers keep their packed uint32 weights; only floats are cast.
     model.update(
         tree_map(

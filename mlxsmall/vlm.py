@@ -17,7 +17,6 @@ that time to first token and image-encode time are reported separately.
 
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Iterator, List, Optional, Sequence
 
 import mlx.core as mx
@@ -26,16 +25,9 @@ from . import events
 from .chat import ChatSession, plain_transcript
 from .errors import MlxsmallError
 from .generation import stream_generate
-from .loading import VISION_LANGUAGE_TYPE, read_config
 from .models.vlm import ImageTokenTable
 
 IMAGE_PLACEHOLDER = "<image>"
-
-
-def is_vlm_model(path) -> bool:
-    """True when ``path`` is a local vision-language model directory (`generate`/`chat` route it)."""
-    config_path = Path(path).expanduser() / "config.json"
-    return config_path.is_file() and read_config(config_path.parent).get("model_type") == VISION_LANGUAGE_TYPE
 
 
 # --------------------------------------------------------------------------- prompts

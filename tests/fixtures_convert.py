@@ -171,6 +171,57 @@ def write_mobillama(directory: Path, *, shared=True, dtype="float32", differ_at=
     return directory
 
 
+def write_llama_gguf(path, tokenizer, *, matrix_types, seed, context, rope_base, eps=1e-5,
+                     layers=2, hidden=64, heads=4, kv_heads=2, ffn=128) -> dict:
+    """A tiny llama GGUF written by llama.cpp's own `gguf` package: `tokenizer(writer)` adds the
+    tokenizer keys and returns the vocabulary size; block matrices are quantized with
+    `matrix_types[name]` (Q8_0 embedding, F32 norms). Returns {tensor name: float64 weights as
+    stored, dequantized with that package}."""
+    import gguf
+
+    f32, q8 = gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.Q8_0
+    rng = np.random.default_rng(seed)
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_block_count(layers)
+    writer.add_context_length(context)
+    writer.add_embedding_length(hidden)
+    writer.add_feed_forward_length(ffn)
+    writer.add_head_count(heads)
+    writer.add_head_count_kv(kv_heads)
+    writer.add_layer_norm_rms_eps(eps)
+    writer.add_rope_freq_base(rope_base)
+    writer.add_rope_dimension_count(hidden // heads)
+    vocab_size = tokenizer(writer)
+    stored = {}
+
+    def add(name, value, qtype=f32):
+        value = value.astype(np.float32)
+        if qtype == f32:
+            writer.add_tensor(name, value)
+            stored[name] = value
+        else:
+            data = gguf.quants.quantize(value, qtype)
+            writer.add_tensor(name, data, raw_dtype=qtype)
+            stored[name] = gguf.quants.dequantize(data, qtype).reshape(value.shape)
+
+    head_dim = hidden // heads
+    shapes = {"attn_q": (heads * head_dim, hidden), "attn_k": (kv_heads * head_dim, hidden),
+              "attn_v": (kv_heads * head_dim, hidden), "attn_output": (hidden, heads * head_dim),
+              "ffn_gate": (ffn, hidden), "ffn_up": (ffn, hidden), "ffn_down": (hidden, ffn)}
+    add("token_embd.weight", rng.standard_normal((vocab_size, hidden)) * 0.5, q8)
+    for i in range(layers):
+        for name, shape in shapes.items():
+            add(f"blk.{i}.{name}.weight", rng.standard_normal(shape) * shape[1] ** -0.5, matrix_types[name])
+        add(f"blk.{i}.attn_norm.weight", 1 + 0.1 * rng.standard_normal(hidden))
+        add(f"blk.{i}.ffn_norm.weight", 1 + 0.1 * rng.standard_normal(hidden))
+    add("output_norm.weight", 1 + 0.1 * rng.standard_normal(hidden))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return {k[: -len(".weight")]: v.astype(np.float64) for k, v in stored.items()}
+
+
 def source_tensors(directory: Path) -> dict:
     """The checkpoint's tensors as float64 numpy, read with torch (independent of our reader)."""
     import torch

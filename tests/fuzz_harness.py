@@ -140,56 +140,29 @@ def write_small_gguf(path: Path, tokenizer_dir: Path) -> None:
     """A SmolLM2-shaped llama GGUF (Q4_1 matrices, Q8_0 embedding, F32 norms) via GGUFWriter."""
     import gguf
 
+    from fixtures_convert import write_llama_gguf
+
     tokenizer = json.loads((tokenizer_dir / "tokenizer.json").read_text())
     vocab = dict(tokenizer["model"]["vocab"])
     vocab.update({t["content"]: t["id"] for t in tokenizer["added_tokens"]})
     tokens = [t for t, _ in sorted(vocab.items(), key=lambda item: item[1])]
-    merges = [m if isinstance(m, str) else " ".join(m) for m in tokenizer["model"]["merges"]]
     specials = {t["content"] for t in tokenizer["added_tokens"]}
-    hidden, heads, kv_heads, ffn, layers = 64, 4, 2, 128, 2
-    rng = np.random.default_rng(0)
-    writer = gguf.GGUFWriter(str(path), "llama")
-    writer.add_block_count(layers)
-    writer.add_context_length(512)
-    writer.add_embedding_length(hidden)
-    writer.add_feed_forward_length(ffn)
-    writer.add_head_count(heads)
-    writer.add_head_count_kv(kv_heads)
-    writer.add_layer_norm_rms_eps(1e-5)
-    writer.add_rope_freq_base(100000.0)
-    writer.add_rope_dimension_count(hidden // heads)
-    writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre("smollm")
-    writer.add_token_list(tokens)
-    writer.add_token_types([3 if t in specials else 1 for t in tokens])
-    writer.add_token_merges(merges)
-    writer.add_bos_token_id(vocab["<|im_start|>"])
-    writer.add_eos_token_id(vocab["<|im_end|>"])
-    writer.add_chat_template("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}")
-    q4, q8 = gguf.GGMLQuantizationType.Q4_1, gguf.GGMLQuantizationType.Q8_0
 
-    def add(name, array, kind=None):
-        array = array.astype(np.float32)
-        if kind is None:
-            writer.add_tensor(name, array)
-        else:
-            writer.add_tensor(name, gguf.quants.quantize(array, kind), raw_dtype=kind)
+    def add_tokenizer(writer):
+        writer.add_tokenizer_model("gpt2")
+        writer.add_tokenizer_pre("smollm")
+        writer.add_token_list(tokens)
+        writer.add_token_types([3 if t in specials else 1 for t in tokens])
+        writer.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in tokenizer["model"]["merges"]])
+        writer.add_bos_token_id(vocab["<|im_start|>"])
+        writer.add_eos_token_id(vocab["<|im_end|>"])
+        writer.add_chat_template("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}")
+        return len(tokens)
 
-    add("token_embd.weight", rng.standard_normal((len(tokens), hidden)) * 0.5, q8)
-    add("output_norm.weight", 1 + 0.1 * rng.standard_normal(hidden))
-    head_dim = hidden // heads
-    for i in range(layers):
-        shapes = {"attn_q": (heads * head_dim, hidden), "attn_k": (kv_heads * head_dim, hidden),
-                  "attn_v": (kv_heads * head_dim, hidden), "attn_output": (hidden, heads * head_dim),
-                  "ffn_gate": (ffn, hidden), "ffn_up": (ffn, hidden), "ffn_down": (hidden, ffn)}
-        for name, shape in shapes.items():
-            add(f"blk.{i}.{name}.weight", rng.standard_normal(shape) * shape[1] ** -0.5, q4)
-        add(f"blk.{i}.attn_norm.weight", 1 + 0.1 * rng.standard_normal(hidden))
-        add(f"blk.{i}.ffn_norm.weight", 1 + 0.1 * rng.standard_normal(hidden))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    q4 = gguf.GGMLQuantizationType.Q4_1
+    names = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
+    write_llama_gguf(path, add_tokenizer, matrix_types=dict.fromkeys(names, q4), seed=0, context=512,
+                     rope_base=100000.0)
 
 
 # --------------------------------------------------------------------------- what the child runs
@@ -588,42 +561,39 @@ def gguf_fields(data: bytes) -> list:
     def u(fmt, at):
         return struct.unpack_from(fmt, data, at)[0]
 
+    def skip(size, what=None, listed=None):  # past one field, listed when named (its first `listed` bytes)
+        nonlocal pos
+        if what:
+            fields.append((pos, listed or size, what))
+        pos += size
+
+    def skip_string(what=None):  # a u64 length and its bytes
+        skip(8 + u("<Q", pos), what, 8)
+
     tensor_count, kv_count = u("<Q", 8), u("<Q", 16)
     for _ in range(kv_count):
-        fields.append((pos, 8, "key length"))
-        pos += 8 + u("<Q", pos)
+        skip_string("key length")
         kind = u("<I", pos)
-        fields.append((pos, 4, "value type"))
-        pos += 4
+        skip(4, "value type")
         if kind == 8:
-            fields.append((pos, 8, "string length"))
-            pos += 8 + u("<Q", pos)
+            skip_string("string length")
         elif kind == 9:
-            item = u("<I", pos)
-            fields += [(pos, 4, "array type"), (pos + 4, 8, "array count")]
-            count = u("<Q", pos + 4)
-            pos += 12
-            if item == 8:
-                for index in range(count):
-                    if index < 3:
-                        fields.append((pos, 8, "array string length"))
-                    pos += 8 + u("<Q", pos)
-            else:
-                pos += count * sizes[item]
+            item, count = u("<I", pos), u("<Q", pos + 4)
+            skip(4, "array type")
+            skip(8, "array count")
+            for index in range(count if item == 8 else 0):
+                skip_string("array string length" if index < 3 else None)
+            skip(0 if item == 8 else count * sizes[item])
         else:
-            fields.append((pos, sizes[kind], "value"))
-            pos += sizes[kind]
+            skip(sizes[kind], "value")
     for _ in range(tensor_count):
-        fields.append((pos, 8, "tensor name length"))
-        pos += 8 + u("<Q", pos)
+        skip_string("tensor name length")
         dims = u("<I", pos)
-        fields.append((pos, 4, "tensor n_dims"))
-        pos += 4
+        skip(4, "tensor n_dims")
         for _ in range(dims):
-            fields.append((pos, 8, "tensor dim"))
-            pos += 8
-        fields += [(pos, 4, "tensor type"), (pos + 4, 8, "tensor offset")]
-        pos += 12
+            skip(8, "tensor dim")
+        skip(4, "tensor type")
+        skip(8, "tensor offset")
     return fields, pos
 
 

@@ -1,5 +1,6 @@
 """Starting `mlxsmall serve` on a tiny model for the server, attach and browser tests."""
 
+import contextlib
 import os
 import re
 import subprocess
@@ -35,8 +36,9 @@ def clean_env(tmp_path):
     return env
 
 
-def start_server(model_dir, tmp_path, *extra):
-    """Start `mlxsmall serve` on a free port; returns (process, base URL, stderr lines)."""
+@contextlib.contextmanager
+def serving(model_dir, tmp_path, *extra):
+    """`mlxsmall serve` on a free port for the ``with`` block: (process, base URL, stderr lines)."""
     process = subprocess.Popen(
         [sys.executable, "-m", "mlxsmall", "serve", str(model_dir), "--host", "127.0.0.1", "--port", "0", "--model-id", MODEL_ID,
          "-m", "16", *extra],
@@ -57,4 +59,8 @@ def start_server(model_dir, tmp_path, *extra):
     if match is None:
         process.kill()
         pytest.fail("server did not start:\n" + "".join(lines))
-    return process, loopback_url(match.group(1)), lines
+    try:
+        yield process, loopback_url(match.group(1)), lines
+    finally:
+        process.terminate()
+        process.wait(timeout=30)

@@ -88,7 +88,7 @@ def test_a_wrong_line_is_one_error_naming_file_line_and_field(tmp_path, task, ro
 
 def test_not_json_and_not_an_object(tmp_path):
     path = write_jsonl(tmp_path / "mine.jsonl", [ARC_ROW, "{oops"])
-    with pytest.raises(MlxsmallError, match=r"mine.jsonl:2: not JSON"):
+    with pytest.raises(MlxsmallError, match=r"mine.jsonl:2: not valid JSON"):
         data_files.check_data(str(path), resolve_tasks(["arc_easy"]))
     path = write_jsonl(tmp_path / "mine.jsonl", ['["a list"]'])
     with pytest.raises(MlxsmallError, match=r"mine.jsonl:1: expected a JSON object"):

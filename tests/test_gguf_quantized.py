@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))  # tests/ helper modules (pytest runs in importlib mode)
-from fixtures_convert import gguf_reference_logits, train_sentencepiece
+from fixtures_convert import gguf_reference_logits, train_sentencepiece, write_llama_gguf
 from mlxsmall.convert.gguf import convert_gguf
 from mlxsmall.loading import load_model, load_tokenizer
 
@@ -28,55 +28,21 @@ def write_quantized_gguf(path, sp_model_file):
 
     proto = sp_model.ModelProto()
     proto.ParseFromString(Path(sp_model_file).read_bytes())
-    tokens = [p.piece for p in proto.pieces]
-    rng = np.random.default_rng(3)
-    writer = gguf.GGUFWriter(str(path), "llama")
-    writer.add_block_count(LAYERS)
-    writer.add_context_length(256)
-    writer.add_embedding_length(HIDDEN)
-    writer.add_feed_forward_length(FFN)
-    writer.add_head_count(HEADS)
-    writer.add_head_count_kv(KV_HEADS)
-    writer.add_layer_norm_rms_eps(EPS)
-    writer.add_rope_freq_base(THETA)
-    writer.add_rope_dimension_count(HIDDEN // HEADS)
-    writer.add_tokenizer_model("llama")
-    writer.add_token_list(tokens)
-    writer.add_token_scores([p.score for p in proto.pieces])
-    writer.add_token_types([int(p.type) for p in proto.pieces])
-    writer.add_bos_token_id(1)
-    writer.add_eos_token_id(2)
-    writer.add_unk_token_id(0)
-    writer.add_add_bos_token(True)
-    writer.add_chat_template("{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}")
 
-    dequantized = {}
+    def tokenizer(writer):
+        writer.add_tokenizer_model("llama")
+        writer.add_token_list([p.piece for p in proto.pieces])
+        writer.add_token_scores([p.score for p in proto.pieces])
+        writer.add_token_types([int(p.type) for p in proto.pieces])
+        writer.add_bos_token_id(1)
+        writer.add_eos_token_id(2)
+        writer.add_unk_token_id(0)
+        writer.add_add_bos_token(True)
+        writer.add_chat_template("{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}")
+        return len(proto.pieces)
 
-    def add(name, value, qtype=Q.F32):
-        value = value.astype(np.float32)
-        if qtype == Q.F32:
-            writer.add_tensor(name, value)
-            dequantized[name] = value
-        else:
-            data = gguf.quants.quantize(value, qtype)
-            writer.add_tensor(name, data, raw_dtype=qtype)
-            dequantized[name] = gguf.quants.dequantize(data, qtype).reshape(value.shape)
-
-    shapes = {"attn_q": (HIDDEN, HIDDEN), "attn_k": (KV_HEADS * HIDDEN // HEADS, HIDDEN),
-              "attn_v": (KV_HEADS * HIDDEN // HEADS, HIDDEN), "attn_output": (HIDDEN, HIDDEN),
-              "ffn_gate": (FFN, HIDDEN), "ffn_up": (FFN, HIDDEN), "ffn_down": (HIDDEN, FFN)}
-    add("token_embd.weight", rng.standard_normal((len(tokens), HIDDEN)) * 0.5, Q.Q8_0)
-    for i in range(LAYERS):
-        for name, shape in shapes.items():
-            add(f"blk.{i}.{name}.weight", rng.standard_normal(shape) * shape[1] ** -0.5, TENSOR_TYPES[name])
-        add(f"blk.{i}.attn_norm.weight", 1 + 0.1 * rng.standard_normal(HIDDEN))
-        add(f"blk.{i}.ffn_norm.weight", 1 + 0.1 * rng.standard_normal(HIDDEN))
-    add("output_norm.weight", 1 + 0.1 * rng.standard_normal(HIDDEN))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return {k[: -len(".weight")]: v.astype(np.float64) for k, v in dequantized.items()}
+    return write_llama_gguf(path, tokenizer, matrix_types=TENSOR_TYPES, seed=3, context=256, rope_base=THETA, eps=EPS,
+                            layers=LAYERS, hidden=HIDDEN, heads=HEADS, kv_heads=KV_HEADS, ffn=FFN)
 
 
 def test_quantized_gguf_with_sentencepiece_tokenizer(tmp_path):

@@ -12,7 +12,7 @@ import urllib.request
 import pytest
 sys.path.insert(0, str(Path(__file__).parent))  # tests/ helper modules (pytest runs in importlib mode)
 from loopback import urlopen
-from serve_helpers import MODEL_ID, TIMEOUT, clean_env, save_tiny_mobillama, start_server
+from serve_helpers import MODEL_ID, TIMEOUT, clean_env, save_tiny_mobillama, serving
 
 openai = pytest.importorskip("openai")
 
@@ -20,10 +20,8 @@ openai = pytest.importorskip("openai")
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, tiny_tokenizer_dir):
     path = save_tiny_mobillama(tmp_path_factory.mktemp("serve") / "mobillama-tiny", tiny_tokenizer_dir)
-    process, url, lines = start_server(path, tmp_path_factory.mktemp("home"))
-    yield {"url": url, "path": path, "process": process, "log": lines}
-    process.terminate()
-    process.wait(timeout=30)
+    with serving(path, tmp_path_factory.mktemp("home")) as (process, url, lines):
+        yield {"url": url, "path": path, "process": process, "log": lines}
 
 
 @pytest.fixture
@@ -202,13 +200,9 @@ def test_malformed_requests_get_error_objects(server):
 
 @pytest.mark.slow  # starts a second server
 def test_api_key_is_checked(make_tiny_model, tmp_path):
-    process, url, _ = start_server(make_tiny_model("mobilellm"), tmp_path, "--api-key", "sesame")
-    try:
+    with serving(make_tiny_model("mobilellm"), tmp_path, "--api-key", "sesame") as (_, url, _):
         wrong = openai.OpenAI(base_url=url + "/v1", api_key="guess", timeout=TIMEOUT, max_retries=0)
         with pytest.raises(openai.AuthenticationError):
             wrong.models.list()
         right = openai.OpenAI(base_url=url + "/v1", api_key="sesame", timeout=TIMEOUT, max_retries=0)
         assert chat(right, max_tokens=3).choices[0].message.role == "assistant"
-    finally:
-        process.terminate()
-        process.wait(timeout=30)

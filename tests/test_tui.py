@@ -5,44 +5,32 @@ bench tab sweeps and exports."""
 import asyncio
 import json
 import re
+import sys
 import threading
+from pathlib import Path
 
 import pytest
-from textual.widgets import DataTable, Input, Static, TabbedContent
+from textual.widgets import DataTable, Input, TabbedContent
+
+sys.path.insert(0, str(Path(__file__).parent))  # tests/ helper modules (pytest runs in importlib mode)
+from pilot_helpers import make_app, panel_text, wait_for
 
 from mlxsmall import events
-from mlxsmall.measure import UnavailableMeter
-from mlxsmall.tui.app import DashboardApp
 from mlxsmall.measure.sweep import BenchConfig
 from mlxsmall.tui.widgets import ChatLog, MemoryPowerPanel, ModelPanel, SpeedPanel
 
 SIZE = (80, 24)
-TIMEOUT_S = 60.0  # generous: the machine is shared; never a speed assertion
-
-
-async def wait_for(pilot, condition, what: str, timeout: float = TIMEOUT_S):
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not condition():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await pilot.pause(0.05)
-
-
-def panel_text(app, selector) -> str:
-    widget = app.query_one(selector)
-    if isinstance(widget, Static):
-        return str(widget.render())
-    return "\n".join(str(child.render()) for child in widget.query(Static))
-
-
-def make_app(path, **options):
-    options.setdefault("meter", UnavailableMeter("test meter"))
-    return DashboardApp(path, **options)
 
 
 async def load(pilot, app):
     await wait_for(pilot, lambda: app.session is not None and app.busy is None, "the model to load")
+
+
+async def start_a_long_answer(pilot, app):
+    await load(pilot, app)
+    await pilot.click("#prompt")
+    await pilot.press(*"go", "enter")
+    await wait_for(pilot, lambda: app.metrics.generation_tokens >= 3, "tokens to stream")
 
 
 @pytest.fixture
@@ -95,10 +83,7 @@ def test_escape_stops_generation_then_chat_continues(tiny_llama):
     async def scenario():
         app = make_app(tiny_llama, max_tokens=1500)
         async with app.run_test(size=SIZE) as pilot:
-            await load(pilot, app)
-            await pilot.click("#prompt")
-            await pilot.press(*"go", "enter")
-            await wait_for(pilot, lambda: app.metrics.generation_tokens >= 3, "tokens to stream")
+            await start_a_long_answer(pilot, app)
             await pilot.press("escape")
             await wait_for(pilot, lambda: app.busy is None, "the generation to stop")
             assert app.metrics.generation_tokens < 1500
@@ -118,10 +103,7 @@ def test_ctrl_c_quits_cleanly_mid_generation(tiny_llama):
     async def scenario():
         app = make_app(tiny_llama, max_tokens=1500)
         async with app.run_test(size=SIZE) as pilot:
-            await load(pilot, app)
-            await pilot.click("#prompt")
-            await pilot.press(*"go", "enter")
-            await wait_for(pilot, lambda: app.metrics.generation_tokens >= 3, "tokens to stream")
+            await start_a_long_answer(pilot, app)
             await pilot.press("ctrl+c")
         return app
 

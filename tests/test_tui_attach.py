@@ -8,11 +8,10 @@ from pathlib import Path
 import pytest
 sys.path.insert(0, str(Path(__file__).parent))  # tests/ helper modules (pytest runs in importlib mode)
 from loopback import free_port
-from serve_helpers import MODEL_ID, TIMEOUT, save_tiny_mobillama, start_server
+from pilot_helpers import make_app, panel_text, wait_for
+from serve_helpers import MODEL_ID, TIMEOUT, save_tiny_mobillama, serving
 from textual.widgets import Input
 
-from mlxsmall.measure import UnavailableMeter
-from mlxsmall.tui.app import DashboardApp
 from mlxsmall.tui.widgets import ChatLog, ModelPanel, SpeedPanel
 
 openai = pytest.importorskip("openai")
@@ -21,27 +20,8 @@ openai = pytest.importorskip("openai")
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, tiny_tokenizer_dir):
     path = save_tiny_mobillama(tmp_path_factory.mktemp("attach") / "mobillama-tiny", tiny_tokenizer_dir)
-    process, url, _ = start_server(path, tmp_path_factory.mktemp("home"))
-    yield url
-    process.terminate()
-    process.wait(timeout=30)
-
-
-async def wait_for(pilot, condition, what, timeout=TIMEOUT):
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not condition():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await pilot.pause(0.05)
-
-
-def text_of(app, widget_type) -> str:
-    from textual.widgets import Static
-
-    widget = app.query_one(widget_type)
-    parts = [widget] if isinstance(widget, Static) else list(widget.query(Static))
-    return "\n".join(str(part.render()) for part in parts)
+    with serving(path, tmp_path_factory.mktemp("home")) as (_, url, _):
+        yield url
 
 
 @pytest.mark.slow  # a live server in a subprocess
@@ -50,7 +30,7 @@ def test_attached_dashboard_shows_the_servers_requests(server):
     queue_lengths = []
 
     async def scenario():
-        app = DashboardApp(None, attach=server, meter=UnavailableMeter("test meter"), max_tokens=24)
+        app = make_app(None, attach=server, max_tokens=24)
         async with app.run_test(size=(100, 30)) as pilot:
             apply = app.metrics.apply
 
@@ -62,7 +42,7 @@ def test_attached_dashboard_shows_the_servers_requests(server):
             app.metrics.apply = recording_apply
             await wait_for(pilot, lambda: app.metrics.server_model == MODEL_ID, "the server's hello")
             await wait_for(pilot, lambda: app.metrics.memory is not None, "the server's memory")
-            assert "attached to" in text_of(app, ModelPanel)
+            assert "attached to" in panel_text(app, ModelPanel)
 
             # Three apps use the server at once: the dashboard sees them queue and run.
             def ask(i):
@@ -80,7 +60,7 @@ def test_attached_dashboard_shows_the_servers_requests(server):
             last = app.metrics.requests[-1]
             assert last.generation_tps > 0 and last.time_to_first_token > 0 and last.generation_tokens > 1
             await pilot.pause(0.6)  # one redraw
-            speed = text_of(app, SpeedPanel)
+            speed = panel_text(app, SpeedPanel)
             assert "tok/s" in speed and "TTFT" in speed and "queue" in speed
 
             # A prompt typed in the dashboard goes to the server; the answer streams back in.
@@ -89,7 +69,7 @@ def test_attached_dashboard_shows_the_servers_requests(server):
             await pilot.press("enter")
             await wait_for(pilot, lambda: len(app._remote_messages) == 2 and app.busy is None,
                            "the remote chat to finish")
-            log = text_of(app, ChatLog)
+            log = panel_text(app, ChatLog)
             assert "Hi there" in log and "error" not in log, log
             assert app._remote_messages[-1]["role"] == "assistant"
             await wait_for(pilot, lambda: len(app.metrics.requests) >= 4, "the feed to report the dashboard's request")
@@ -104,9 +84,9 @@ def test_unreachable_server_is_reported():
     port = free_port()  # a port nobody listens on
 
     async def scenario():
-        app = DashboardApp(None, attach=f"127.0.0.1:{port}", meter=UnavailableMeter("test meter"))
+        app = make_app(None, attach=f"127.0.0.1:{port}")
         async with app.run_test(size=(100, 30)) as pilot:
-            await wait_for(pilot, lambda: "not reachable" in text_of(app, ModelPanel), "the link status")
+            await wait_for(pilot, lambda: "not reachable" in panel_text(app, ModelPanel), "the link status")
             await pilot.press("ctrl+c")
 
     asyncio.run(scenario())

@@ -2,6 +2,7 @@
 what `mlxsmall quantize` writes, loaded the way `load` runs it."""
 
 import os
+import re
 import subprocess
 import sys
 
@@ -10,10 +11,12 @@ import mlx.core as mx
 import pytest
 
 from mlxsmall import events
+from mlxsmall.cli import build_parser
 from mlxsmall.errors import MlxsmallError
 from mlxsmall.eval.variants import Variant, load_variant, parse_variant
 from mlxsmall.hub import load
 from mlxsmall.loading import running_on_cpu
+from mlxsmall.quantize import quantize_model
 
 
 def run_cli(tmp_path, *args):
@@ -54,8 +57,29 @@ def test_q4_variant_is_quantize_then_load(make_tiny_model, tmp_path):
 
 def test_variant_bits_are_the_quantize_commands():
     assert parse_variant("q5g32", "m") == Variant("m", "q5g32")
-    with pytest.raises(MlxsmallError, match="unknown precision 'q7'.*q8, q6, q5, q4, q3, q2"):
+    with pytest.raises(MlxsmallError) as refused_by_quantize:
+        quantize_model(None, {}, bits=7)
+    with pytest.raises(MlxsmallError, match="unknown precision 'q7'.*--bits 2/3/4/5/6/8") as refused_as_variant:
         parse_variant("q7", "m")
+    assert str(refused_by_quantize.value) in str(refused_as_variant.value)  # the same words
+
+
+@pytest.mark.parametrize("name", [f"q{bits}" + group for bits in range(1, 10) for group in ("", "g16", "g32", "g128")]
+                         + ["mixed_3_6", "mixed_4_6", "mixed_9_9"])
+def test_a_variant_is_exactly_what_quantize_accepts(name, capsys):
+    level = re.fullmatch(r"q(\d+)(?:g(\d+))?", name)
+    options = ["--bits", level[1], "--group-size", level[2] or "64"] if level else ["--mixed", name]
+    try:
+        build_parser().parse_args(["quantize", "m", "-o", "out", *options])
+        quantize_accepts = True
+    except SystemExit:
+        quantize_accepts = False
+    try:
+        parse_variant(f"m@{name}", None)
+        variant_accepted = True
+    except MlxsmallError:
+        variant_accepted = False
+    assert variant_accepted == quantize_accepts, name
 
 
 def test_quantized_base_warns(make_tiny_model, tmp_path):

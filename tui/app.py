@@ -224,10 +224,11 @@ class DashboardApp(App):
 
     def _load_job(self):
         from mlxsmall.chat import ChatSession
+        from mlxsmall.dtypes import load_options
         from mlxsmall.info import model_facts, weights_dtype
         from mlxsmall.hub import load
 
-        model, tokenizer = load(self.model_path, dtype=self.dtype)
+        model, tokenizer = load(self.model_path, **load_options(self.dtype))  # as `chat --dtype` loads
         facts = model_facts(self.model_path)
         # room for the history plus a full answer, even when --max-tokens is large
         session = ChatSession(model, tokenizer, max_tokens=self.max_tokens,

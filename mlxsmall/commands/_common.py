@@ -4,6 +4,8 @@ import argparse
 import contextlib
 import sys
 
+from ..dtypes import BY_NAME, RUN_CHOICES, load_options
+
 
 def add_model_argument(parser, required=False):
     help_text = (
@@ -17,11 +19,18 @@ def add_model_argument(parser, required=False):
             "model", nargs="?", default=None,
             help=help_text + " (default: the offline SmolLM2-135M-Instruct model)",
         )
-    parser.add_argument(
-        "--dtype", default="auto", choices=["auto", "stored", "float32", "float16", "bfloat16"],
+    add_dtype_argument(
+        parser, running=True,
         help="weights at run time: auto = fp32 on CPU (fastest there), stored format elsewhere; "
         "stored = exactly as saved (keeps quantized kernels)",
     )
+
+
+def add_dtype_argument(parser, help, running=False):
+    """The one --dtype: a float name from `mlxsmall.dtypes`; commands that run a model also
+    take auto (the default) and stored, the others default to keeping the stored dtype."""
+    parser.add_argument("--dtype", choices=RUN_CHOICES if running else list(BY_NAME),
+                        default="auto" if running else None, help=help)
 
 
 def add_image_argument(parser):
@@ -36,9 +45,9 @@ def vision_language_route(args) -> bool:
 
     check_model(args.model)  # a missing path is "no such file", never "text-only"
     check_images(args.image)
-    from ..vlm import is_vlm_model
+    from ..loading import is_vision_language
 
-    is_vlm = bool(args.model) and is_vlm_model(args.model)
+    is_vlm = bool(args.model) and is_vision_language(args.model)
     if args.image and not is_vlm:
         raise MlxsmallError(
             f"--image needs a vision-language model; {args.model or 'the default model'} is text-only "
@@ -238,12 +247,7 @@ def load_for_run(args):
     from ..hub import load
 
     path = model_path(args)
-    if args.dtype == "stored":
-        model, tokenizer = load(path, dtype=None, dequantize=False)
-    elif args.dtype == "auto":
-        model, tokenizer = load(path)
-    else:
-        model, tokenizer = load(path, dtype=args.dtype, dequantize=True)
+    model, tokenizer = load(path, **load_options(args.dtype))
     return model, tokenizer, path
 
 
@@ -268,8 +272,5 @@ def printed_warnings(write=None):
             else:
                 print(line, file=sys.stderr)
 
-    unsubscribe = events.subscribe(show)
-    try:
+    with events.subscribed(show):
         yield
-    finally:
-        unsubscribe()

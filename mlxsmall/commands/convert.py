@@ -2,6 +2,8 @@
 
 import argparse
 
+from ._common import add_dtype_argument
+
 EPILOG = """\
 SOURCE can be
   a local HF checkpoint directory  config.json + *.safetensors or pytorch_model.bin (+ index)
@@ -33,8 +35,7 @@ def register(subparsers):
     )
     parser.add_argument("source", help="checkpoint directory, .gguf file, HF repo id or alias")
     parser.add_argument("-o", "--output", required=True, help="output model directory")
-    parser.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default=None,
-                        help="cast the weights (GGUF: dequantize); default keeps the checkpoint's")
+    add_dtype_argument(parser, help="cast the weights (GGUF: dequantize); default keeps the checkpoint's")
     parser.add_argument("-q", "--quantize", action="store_true", help="quantize (see --bits, --group-size)")
     parser.add_argument("--bits", type=int, default=4, choices=SUPPORTED_BITS, help="bits per weight with -q (default 4)")
     parser.add_argument("--group-size", type=int, default=None, choices=[32, 64, 128],

@@ -42,7 +42,9 @@ the shipped sample sets (eval/data); other fields are ignored, FIELD? is optiona
 
 
 def register(subparsers):
+    from mlxsmall.dtypes import BY_SHORT
     from mlxsmall.eval.data_files import describe
+    from mlxsmall.quantize import SUPPORTED_BITS
 
     parser = subparsers.add_parser(
         "eval", help="evaluate quality on benchmark tasks, across bit widths",
@@ -56,8 +58,9 @@ def register(subparsers):
     parser.add_argument("--tasks", default="commonsense",
                         help="comma-separated tasks or groups (default: commonsense); see the list below")
     parser.add_argument("--compare", nargs="+", metavar="SPEC",
-                        help="evaluate several variants side by side: precisions of MODEL (stored fp32 fp16 bf16 q8 q6 "
-                        "q4 q3 q2 q4g32 mixed_3_6 ...) or other models, optionally MODEL@PRECISION")
+                        help=f"evaluate several variants side by side: precisions of MODEL (stored {' '.join(BY_SHORT)} "
+                        f"{' '.join(f'q{bits}' for bits in reversed(SUPPORTED_BITS))} q4g32 mixed_3_6 ...) "
+                        "or other models, optionally MODEL@PRECISION")
     parser.add_argument("--limit", type=int, default=None,
                         help="at most N documents per task (perplexity: N windows)")
     parser.add_argument("--shots", type=int, default=0, help="few-shot examples per prompt (default 0)")

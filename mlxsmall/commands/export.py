@@ -2,6 +2,8 @@
 
 import argparse
 
+from ._common import add_dtype_argument
+
 EPILOG = """\
 Quantized layers are dequantized; MobiLlama's shared FFN is written under every
 layer, as the upstream checkpoints store it, so HF -> mlxsmall -> HF reproduces
@@ -21,8 +23,7 @@ def register(subparsers):
     )
     parser.add_argument("model", help="model directory, alias or HF repo id")
     parser.add_argument("-o", "--output", required=True, help="output directory")
-    parser.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default=None,
-                        help="cast the weights (default: as stored / the quantization scales' dtype)")
+    add_dtype_argument(parser, help="cast the weights (default: as stored / the quantization scales' dtype)")
     parser.add_argument("--force", action="store_true", help="replace the output directory if it exists")
     parser.set_defaults(func=run)
 

@@ -3,7 +3,8 @@
 import argparse
 import contextlib
 
-from ._common import check_model, non_negative_int, number_in, positive_float, positive_int
+from ..quantize import SUPPORTED_BITS
+from ._common import add_dtype_argument, check_model, non_negative_int, number_in, positive_float, positive_int
 
 dropout_rate = number_in(0, 1, high_open=True, name="dropout_rate")
 
@@ -57,10 +58,9 @@ def register(subparsers):
                              "(default: q,k,v,o,gate,up,down projections)")
     method.add_argument("--per-layer-adapters", action="store_true",
                         help="own adapters per block for MobiLlama's shared FFN")
-    method.add_argument("--qlora-bits", type=int, default=4, choices=[2, 3, 4, 6, 8],
+    method.add_argument("--qlora-bits", type=int, default=4, choices=SUPPORTED_BITS,
                         help="base precision for qlora when the base is not quantized (default 4)")
-    method.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
-                        help="frozen base weights in this dtype (adapters and loss stay fp32)")
+    add_dtype_argument(method, help="frozen base weights in this dtype (adapters and loss stay fp32)")
     add_data_arguments(parser)
     add_training_arguments(parser, steps=200, learning_rate=1e-4)
     parser.set_defaults(func=run)
@@ -128,11 +128,8 @@ def training_progress(enabled=True, label="training"):
         yield console
         return
     if not console.is_terminal:  # logs and pipes: plain lines instead of a live bar
-        unsubscribe = events.subscribe(lambda event: print_line(console, event))
-        try:
+        with events.subscribed(lambda event: print_line(console, event)):
             yield console
-        finally:
-            unsubscribe()
         return
     progress = Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -159,12 +156,8 @@ def training_progress(enabled=True, label="training"):
         if fields.get("phase") == "checkpoint":
             progress.console.print(f"checkpoint: {fields['path']}")
 
-    unsubscribe = events.subscribe(on_event)
-    try:
-        with progress:
-            yield console
-    finally:
-        unsubscribe()
+    with events.subscribed(on_event), progress:
+        yield console
 
 
 def print_line(console, event):

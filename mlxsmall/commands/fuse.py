@@ -2,6 +2,8 @@
 
 import argparse
 
+from ..quantize import GROUP_SIZES, SUPPORTED_BITS
+
 EPILOG = """\
 The result is a normal model directory (config.json + safetensors + tokenizer)
 that every mlxsmall command loads. A quantized base stays quantized (the fused
@@ -28,9 +30,9 @@ def register(subparsers):
                         help="base model (default: the one recorded in adapter_config.json)")
     parser.add_argument("--adapters", required=True, help="adapter directory from mlxsmall finetune")
     parser.add_argument("-o", "--output", required=True, help="output model directory")
-    parser.add_argument("--bits", type=int, default=None, choices=[2, 3, 4, 5, 6, 8],
+    parser.add_argument("--bits", type=int, default=None, choices=SUPPORTED_BITS,
                         help="re-quantize the fused model to this many bits")
-    parser.add_argument("--group-size", type=int, default=64, choices=[32, 64, 128])
+    parser.add_argument("--group-size", type=int, default=64, choices=GROUP_SIZES)
     parser.add_argument("--dequantize", action="store_true", help="write full precision")
     parser.add_argument("--force", action="store_true", help="replace the output directory")
     parser.set_defaults(func=run)

@@ -162,11 +162,8 @@ def prefill_progress(prompt_tokens: int, quiet: bool):
         else:
             print(line, file=sys.stderr, flush=True)
 
-    unsubscribe = events.subscribe(show)
-    try:
+    with events.subscribed(show):
         yield
-    finally:
-        unsubscribe()
 
 
 def weights_description(model) -> str:

@@ -2,7 +2,7 @@
 
 import argparse
 
-from ..quantize import RECIPES, SUPPORTED_BITS, VISION_TOWER_MODES
+from ..quantize import GROUP_SIZES, RECIPES, SUPPORTED_BITS, VISION_TOWER_MODES
 
 EPILOG = f"""\
 Shared weights stay shared: MobiLlama's FFN and layer-shared blocks are
@@ -31,7 +31,7 @@ def register(subparsers):
     parser.add_argument("source", help="model directory, alias or HF repo id")
     parser.add_argument("-o", "--output", required=True, help="output directory")
     parser.add_argument("--bits", type=int, default=4, choices=SUPPORTED_BITS, help="bits per weight (default 4)")
-    parser.add_argument("--group-size", type=int, default=64, choices=[32, 64, 128],
+    parser.add_argument("--group-size", type=int, default=64, choices=GROUP_SIZES,
                         help="weights sharing one scale and bias (default 64)")
     parser.add_argument("--mixed", choices=sorted(RECIPES), default=None, metavar="RECIPE",
                         help="mixed-precision recipe (overrides --bits per module)")

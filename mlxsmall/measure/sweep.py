@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence, Tuple
 
+from mlxsmall.dtypes import short_name
 from mlxsmall.measure import PowerMeter, UnavailableMeter
 
 
@@ -72,11 +73,6 @@ class BenchReport:
     created: float = field(default_factory=time.time)
 
 
-def _native_float_name(config: dict) -> str:
-    dtype = str(config.get("torch_dtype") or config.get("dtype") or "float32")
-    return {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}.get(dtype, dtype)
-
-
 def available_levels(config: dict, on_cpu: bool) -> List[str]:
     """Levels worth comparing for a model with this config.
 
@@ -86,21 +82,23 @@ def available_levels(config: dict, on_cpu: bool) -> List[str]:
     quantization = config.get("quantization")
     if quantization:
         return [f"q{quantization.get('bits', '?')}", "fp32"]
-    return ["fp32" if on_cpu else _native_float_name(config), "q8", "q4"]
+    stored = str(config.get("torch_dtype") or config.get("dtype") or "float32")
+    return ["fp32" if on_cpu else short_name(stored), "q8", "q4"]
 
 
 def load_level(model_dir: Path, level: str, group_size: int = 64):
     """``(model, tokenizer)`` for one level, built as `mlxsmall bench` builds its variants
     (`mlxsmall.eval.variants`): a quantized level is what `mlxsmall quantize` writes, run as
     `load` runs it; the stored quantization level is the model as saved."""
-    from mlxsmall.eval.variants import QUANT, Variant, load_variant
+    from mlxsmall.eval.variants import Variant, load_variant
     from mlxsmall.loading import read_config
+    from mlxsmall.quantize import level_settings
 
     quantization = read_config(model_dir).get("quantization") or {}
     precision = level
     if quantization and level == f"q{quantization.get('bits')}":
         precision = None  # as stored
-    elif QUANT.match(level) and "g" not in level and group_size != 64:
+    elif "bits" in (level_settings(level) or {}) and "g" not in level and group_size != 64:
         precision = f"{level}g{group_size}"
     model, tokenizer, _ = load_variant(Variant(str(model_dir), precision))
     return model, tokenizer

@@ -20,7 +20,7 @@ from typing import Optional
 import mlx.core as mx
 from mlx.utils import tree_flatten, tree_unflatten
 
-from ..atomic import atomic_path, write_text_atomic
+from ..atomic import atomic_path, process_alive, write_text_atomic
 from ..errors import MlxsmallError
 
 PREFIX = "step-"
@@ -47,16 +47,6 @@ def checkpoint_dirs(root: Path):
 
 def is_complete(path: Path) -> bool:
     return all((Path(path) / name).is_file() for name in CHECKPOINT_FILES)
-
-
-def process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's live process
-        return True
-    return True
 
 
 def remove_stale(root: Path) -> list:

@@ -12,7 +12,6 @@ what our trainer needs to resume exactly and to run data parallel:
   ``max_length + 1`` tokens).
 """
 
-import json
 import types
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,30 +20,13 @@ from typing import Iterable, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..errors import MlxsmallError
+from ..jsonl import read_jsonl
 
 # (token ids, number of leading tokens that are prompt and carry no loss)
 Example = Tuple[List[int], int]
 
 SPLIT_FILES = {"train": ("train.jsonl",), "valid": ("valid.jsonl", "validation.jsonl", "val.jsonl")}
 PAD_MULTIPLE = 16  # pad unpacked batches to a multiple of this to limit recompiles
-
-
-def read_jsonl(path: Path) -> List[dict]:
-    records = []
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise MlxsmallError(f"{path}:{number}: not valid JSON ({error.msg})") from None
-            if not isinstance(record, dict):
-                raise MlxsmallError(f"{path}:{number}: each line must be a JSON object")
-            records.append(record)
-    if not records:
-        raise MlxsmallError(f"{path}: no records")
-    return records
 
 
 def has_chat_template(tokenizer) -> bool:
