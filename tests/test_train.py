@@ -227,3 +227,11 @@ def test_cli_finetune_then_fuse(make_tiny_model, data_dir, tmp_path, capsys):
     assert "--resume" in capsys.readouterr().err
     assert main(["fuse", "--adapters", str(out), "-o", str(tmp_path / "fused")]) == 0
     assert (tmp_path / "fused" / "config.json").exists()
+
+
+def test_prompts_longer_than_max_length_are_refused(make_tiny_model, data_dir, tmp_path):
+    """Every row all prompt trained on 0 tokens and reported a loss of 0.0000; now one line."""
+    base = make_tiny_model("llama")
+    short = FinetuneSettings(method="lora", rank=4, max_length=4, train=settings().train)
+    with pytest.raises(MlxsmallError, match="nothing to train on: with --max-length 4"):
+        finetune(str(base), str(data_dir), tmp_path / "out", short)

@@ -19,7 +19,7 @@ from ..loading import load_model, load_tokenizer, read_config, save_model
 from ..quantize import is_quantized, quantize_model
 from . import adapters as adapter_lib
 from . import checkpoint as ckpt
-from .data import BatchStream, check_finetune_data, load_finetune_data
+from .data import BatchStream, check_finetune_data, example_arrays, load_finetune_data
 from .trainer import TrainConfig, Trainer, TrainResult
 
 METHODS = ("lora", "dora", "qlora", "full")
@@ -73,6 +73,18 @@ def prepare_model(model_dir: Path, settings: FinetuneSettings):
     return model, config, adapter_config
 
 
+def check_something_to_learn(examples, settings: FinetuneSettings, data: str) -> None:
+    """Refuse a run whose every row is prompt: --max-length shorter than the (templated) prompts
+    would train on 0 tokens and report a loss of 0."""
+    if settings.pack or not settings.mask_prompt:
+        return
+    if all(example_arrays(example, settings.max_length)[1].sum() == 0 for example in examples):
+        longest = max(prompt for _, prompt in examples)
+        raise MlxsmallError(f"{data}: nothing to train on: with --max-length {settings.max_length} every row is "
+                            f"prompt (chat template included; the longest is {longest} tokens); raise --max-length "
+                            "or pass --no-mask-prompt")
+
+
 def finetune(model: str, data: str, output_dir, settings: FinetuneSettings, *,
              resume: bool = False, force: bool = False, records=None) -> TrainResult:
     """``records``: ``(train, valid)`` from ``check_finetune_data`` (read otherwise, and checked
@@ -89,6 +101,7 @@ def finetune(model: str, data: str, output_dir, settings: FinetuneSettings, *,
     tokenizer = load_tokenizer(model_dir)
     train_examples, valid_examples = load_finetune_data(
         data, tokenizer, mask_prompt=settings.mask_prompt, seed=settings.train.seed, records=records)
+    check_something_to_learn(train_examples, settings, data)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     train_stream = BatchStream(train_examples, batch_size=settings.train.batch_size,
                                max_length=settings.max_length, pack=settings.pack,
