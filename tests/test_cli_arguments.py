@@ -40,6 +40,10 @@ CASES = {
     "finetune model typo": (["finetune", "smolm2", "--data", "{d}/good.jsonl", "-o", "{d}/out"], "did you mean smollm2"),
     "finetune model dir without config": (["finetune", "{d}/split", "--data", "{d}/good.jsonl", "-o", "{d}/out"],
                                           "no config.json"),
+    "finetune full on a 4-bit default": (["finetune", "--data", "{d}/good.jsonl", "--method", "full"],
+                                         "the default model: a full finetune needs a float model"),
+    "finetune full on a 4-bit dir": (["finetune", "{d}/q4", "--data", "{d}/good.jsonl", "--method", "full"],
+                                     "q4: a full finetune needs a float model"),
     "finetune output is a file": (["finetune", "--data", "{d}/good.jsonl", "-o", "{d}/good.jsonl"], "is a file"),
     "finetune steps 0": (["finetune", "--data", "{d}/good.jsonl", "--steps", "0"], "--steps: must be at least 1, not 0"),
     "finetune batch size -1": (["finetune", "--data", "{d}/good.jsonl", "--batch-size", "-1"], "--batch-size: must be"),
@@ -161,6 +165,9 @@ def prepare(folder: Path) -> None:
     for name, model_type in (("model", "llama"), ("vlm", "llava")):
         (folder / name).mkdir()
         (folder / name / "config.json").write_text(json.dumps({"model_type": model_type}))
+    (folder / "q4").mkdir()
+    (folder / "q4" / "config.json").write_text(json.dumps({"model_type": "llama",
+                                                          "quantization": {"bits": 4, "group_size": 32}}))
     (folder / "taken").mkdir()
     (folder / "adapters").mkdir()
     (folder / "adapters" / "adapter_config.json").write_text("{}")

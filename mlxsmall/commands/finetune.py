@@ -206,6 +206,32 @@ def check_data(data: str, seed: int = 0):
     return check_finetune_data(data, seed=seed)
 
 
+def check_method(method: str, model) -> None:
+    """A full finetune needs a float base: known without loading it for a local directory (its
+    config.json) or an alias (its stored precision; the default model is 4-bit)."""
+    import json
+    from pathlib import Path
+
+    from ..errors import MlxsmallError
+    from ..quantize import is_quantized
+    from ..registry import DEFAULT_MODEL, lookup
+
+    if method != "full":
+        return
+    config_file = Path(model).expanduser() / "config.json" if model else None
+    if config_file is not None and config_file.is_file():
+        try:
+            quantized = is_quantized(json.loads(config_file.read_text()))
+        except ValueError:
+            return  # the loader names the broken file
+    else:
+        entry = lookup(model or DEFAULT_MODEL)
+        quantized = bool(entry and entry.bits)
+    if quantized:
+        raise MlxsmallError(f"{model or 'the default model'}: a full finetune needs a float model; this one is "
+                            "quantized (use --method qlora, or dequantize it first)")
+
+
 def check_output(output: str, *, resume: bool, force: bool) -> None:
     from pathlib import Path
 
@@ -222,6 +248,7 @@ def check_output(output: str, *, resume: bool, force: bool) -> None:
 
 def run(args):
     check_model(args.model)  # before the seconds of loading the model, not after
+    check_method(args.method, args.model)
     records = check_data(args.data, seed=args.seed)
     if records and not args.pack and len(records[0]) < args.batch_size:
         from ..errors import MlxsmallError
