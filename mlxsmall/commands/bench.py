@@ -40,8 +40,10 @@ def register(subparsers):
                         help=f"precisions to compare (default: {' '.join(DEFAULT_PRECISIONS)}); "
                         "'stored' = as saved; MODEL@P benchmarks another model")
     parser.add_argument("-p", "--prompt-tokens", type=positive_int, default=512, help="prompt length (default 512)")
-    parser.add_argument("-n", "--generation-tokens", type=positive_int, default=128, help="tokens to generate (default 128)")
-    parser.add_argument("-r", "--repetitions", type=positive_int, default=3, help="timed runs per precision (default 3)")
+    parser.add_argument("-n", "--generation-tokens", type=positive_int, default=128,
+                        help="tokens to generate (default 128)")
+    parser.add_argument("-r", "--repetitions", type=positive_int, default=3,
+                        help="timed runs per precision (default 3)")
     parser.add_argument("--warmup", type=non_negative_int, default=1, help="untimed warm-up runs (default 1)")
     parser.add_argument("--baseline", choices=["mlx-lm"], help="also time the same weights as mlx-lm's llama")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random prompt")

@@ -37,7 +37,8 @@ def register(subparsers):
     parser.add_argument("-o", "--output", required=True, help="output model directory")
     add_dtype_argument(parser, help="cast the weights (GGUF: dequantize); default keeps the checkpoint's")
     parser.add_argument("-q", "--quantize", action="store_true", help="quantize (see --bits, --group-size)")
-    parser.add_argument("--bits", type=int, default=4, choices=SUPPORTED_BITS, help="bits per weight with -q (default 4)")
+    parser.add_argument("--bits", type=int, default=4, choices=SUPPORTED_BITS,
+                        help="bits per weight with -q (default 4)")
     parser.add_argument("--group-size", type=int, default=None, choices=[32, 64, 128],
                         help="weights per scale with -q (default 64; 32 for GGUF sources)")
     parser.add_argument("--chat-template", choices=["auto", "none"] + sorted(TEMPLATES), default="auto",

@@ -5,7 +5,8 @@ import shlex
 import sys
 
 from ._common import (
-    add_model_argument, add_sampling_arguments, check_model, check_port_free, model_path, port_number, positive_int, sampling_kwargs,
+    add_model_argument, add_sampling_arguments, check_model, check_port_free, model_path, port_number, positive_int,
+    sampling_kwargs,
 )
 
 EPILOG = """\

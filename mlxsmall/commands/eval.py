@@ -157,7 +157,8 @@ def run(args):
 
 
 def check_hub_data(tasks) -> None:
-    """--data hub: every task has a hub dataset and the `datasets` package is there (it is read after the model loads)."""
+    """--data hub: every task has a hub dataset and the `datasets` package is there (read only after
+    the model loads)."""
     import importlib.util
     import os
 

@@ -90,9 +90,11 @@ def add_training_arguments(parser, steps, learning_rate):
     group.add_argument("--grad-checkpoint", action="store_true",
                        help="recompute activations in the backward pass (less memory)")
     group.add_argument("--seed", type=int, default=0)
-    group.add_argument("--eval-every", type=non_negative_int, default=50, help="validation loss every N steps (0: at the start and the end)")
+    group.add_argument("--eval-every", type=non_negative_int, default=50,
+                       help="validation loss every N steps (0: at the start and the end)")
     group.add_argument("--val-batches", type=positive_int, default=8, help="validation batches per evaluation")
-    group.add_argument("--save-every", type=non_negative_int, default=50, help="checkpoint every N steps (0: at the end)")
+    group.add_argument("--save-every", type=non_negative_int, default=50,
+                       help="checkpoint every N steps (0: at the end)")
     group.add_argument("--keep", type=non_negative_int, default=2, help="checkpoints to keep (default 2; 0: all)")
     group.add_argument("--resume", action="store_true",
                        help="continue from the latest checkpoint in the output directory")

@@ -44,7 +44,8 @@ def register(subparsers):
     parser.add_argument("-o", "--output", required=True, help="run directory (model in OUTPUT/model)")
     parser.add_argument("--max-length", type=positive_int, default=256, help="tokens per packed row (default 256)")
     parser.add_argument("--teacher", default=None, help="teacher model for distillation")
-    parser.add_argument("--distill-alpha", type=number_in(0, 1, name="alpha"), default=0.5, help="weight of the KL term")
+    parser.add_argument("--distill-alpha", type=number_in(0, 1, name="alpha"), default=0.5,
+                        help="weight of the KL term")
     parser.add_argument("--distill-temperature", type=positive_float, default=2.0)
     add_training_arguments(parser, steps=1000, learning_rate=1e-3)
     parser.set_defaults(func=run)

@@ -4,7 +4,8 @@ import argparse
 import sys
 
 from ._common import (
-    add_model_argument, check_model, check_port_free, load_for_run, non_negative_int, port_number, positive_int, temperature, top_p,
+    add_model_argument, check_model, check_port_free, load_for_run, non_negative_int, port_number, positive_int,
+    temperature, top_p,
 )
 
 EPILOG = """\

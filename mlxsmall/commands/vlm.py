@@ -72,12 +72,15 @@ def register(subparsers):
     train.add_argument("--steps", type=positive_int, default=200)
     train.add_argument("--batch-size", type=positive_int, default=8)
     train.add_argument("--learning-rate", "--lr", type=float, default=1e-3)
-    train.add_argument("--lora-rank", type=positive_int, default=None, help="stage 2: LoRA rank instead of full finetuning")
+    train.add_argument("--lora-rank", type=positive_int, default=None,
+                       help="stage 2: LoRA rank instead of full finetuning")
     train.add_argument("--grad-accumulation", type=positive_int, default=1, help="micro-batches per optimizer step")
-    train.add_argument("--max-length", type=positive_int, default=2048, help="tokens per example (image tokens included)")
+    train.add_argument("--max-length", type=positive_int, default=2048,
+                       help="tokens per example (image tokens included)")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--run-dir", help="training log and checkpoints (default: OUTPUT.run)")
-    train.add_argument("--save-every", type=non_negative_int, default=0, help="checkpoint every N steps (0: at the end)")
+    train.add_argument("--save-every", type=non_negative_int, default=0,
+                       help="checkpoint every N steps (0: at the end)")
     train.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --run-dir")
     train.add_argument("--force", action="store_true", help="overwrite OUTPUT and start --run-dir over")
     train.set_defaults(func=run_train)
@@ -120,7 +123,7 @@ def check_train_arguments(args) -> None:
             model_type = json.loads(config.read_text()).get("model_type")
         except (ValueError, AttributeError):
             raise MlxsmallError(f"{config}: not valid JSON") from None
-        if model_type != "llava":
+        if model_type != "llava":  # loading.VISION_LANGUAGE_TYPE (loading imports mlx-lm)
             raise MlxsmallError(f"{args.model}: not a vision-language model (build one with `mlxsmall vlm build`)")
     check_input_file(args.data, "--data")
     if args.valid:
