@@ -271,9 +271,9 @@ def check_finetune_data(data: str, *, seed: int = 0):
     """``(train, valid)`` records of a local --data file or directory, read and checked (JSON,
     one known format per split) without a tokenizer, so that a bad file fails before the model
     loads; None for a hub dataset id (read later)."""
-    if not Path(data).expanduser().exists():
-        return None
     path = Path(data).expanduser()
+    if not path.exists():
+        return None
     train_records, valid_records = load_split_records(str(path), seed=seed)
     if path.is_file():  # one file, split here: one format in all of it
         check_records(train_records + valid_records, str(data))
