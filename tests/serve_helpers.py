@@ -1,7 +1,6 @@
 """Starting `mlxsmall serve` on a tiny model for the server, attach and browser tests."""
 
 import contextlib
-import os
 import re
 import subprocess
 import sys
@@ -9,6 +8,7 @@ import threading
 
 import pytest
 from loopback import loopback_url
+from user_cli import clean_env
 
 MODEL_ID = "tiny"
 TIMEOUT = 120  # seconds any one request may take on a busy 2-core machine (a hang fails, not blocks)
@@ -27,13 +27,6 @@ def save_tiny_mobillama(path, tokenizer_dir):
     mx.eval(model.parameters())
     save_model(path, model, config, tokenizer_src_dir=tokenizer_dir)
     return path
-
-
-def clean_env(tmp_path):
-    env = dict(os.environ)
-    for name in ("HOME", "XDG_CACHE_HOME", "HF_HOME"):
-        env[name] = str(tmp_path / name.lower())
-    return env
 
 
 @contextlib.contextmanager

@@ -1,7 +1,6 @@
 """`mlxsmall eval --data PATH`: your own JSONL, the documented fields, one-line errors."""
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,14 +12,10 @@ from mlxsmall.errors import MlxsmallError
 from mlxsmall.eval import data_files
 from mlxsmall.eval.tasks import DATA_DIR, TASKS, fewshot_docs, load_docs, resolve_tasks
 
+sys.path.insert(0, str(Path(__file__).parent))  # tests/ helper modules (pytest runs in importlib mode)
+from user_cli import clean_env  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def clean_env(tmp_path):
-    env = dict(os.environ)
-    for name in ("HOME", "XDG_CACHE_HOME", "HF_HOME"):
-        env[name] = str(tmp_path / name.lower())
-    return env
 
 
 def run_cli(tmp_path, *args):

@@ -8,7 +8,6 @@ mlx-lm runs in a subprocess with a clean environment, as a user runs it: its CLI
 import ast
 import importlib.util
 import json
-import os
 import subprocess
 import sys
 import time
@@ -33,6 +32,7 @@ from mlxsmall.quantize import quantize_model
 sys.path.insert(0, str(Path(__file__).parent))  # tests/ helper modules (pytest runs in importlib mode)
 from fixtures_convert import write_mobilellm, write_mobillama
 from loopback import free_port, urlopen
+from user_cli import clean_env as user_clean_env
 
 PROMPT = "Hello! How are you"
 MAX_TOKENS = 12
@@ -82,12 +82,7 @@ def model_dirs(tmp_path, tiny_config, tiny_tokenizer_dir):
 
 
 def clean_env(tmp_path):
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "XDG_", "MLXSMALL"))}
-    home = tmp_path / "home"
-    home.mkdir(exist_ok=True)
-    env.update(HOME=str(home), XDG_CACHE_HOME=str(home / ".cache"), HF_HOME=str(home / "hf"),
-               HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-    return env
+    return user_clean_env(tmp_path, TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
 
 
 def ours(path):

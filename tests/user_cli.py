@@ -26,6 +26,11 @@ def user_env(root: Path, cache: Path, **extra) -> dict:
     return env
 
 
+def clean_env(tmp_path: Path, **extra) -> dict:
+    """``user_env`` with everything (home, cache, Hugging Face) under one test's ``tmp_path``."""
+    return user_env(tmp_path, tmp_path / "cache", **extra)
+
+
 def assert_one_line_error(result, *fragments) -> str:
     """Exit 2 and exactly one `error:` line on stderr, no traceback; returns that line."""
     assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
