@@ -153,7 +153,7 @@ def resolve_tasks(names: Sequence[str]) -> List[Task]:
             else:
                 import difflib
 
-                names = sorted(TASKS) + sorted(GROUPS) + ["all"]
+                names = list(dict.fromkeys(sorted(TASKS) + sorted(GROUPS) + ["all"]))  # "safety" is both
                 close = difflib.get_close_matches(part.lower(), names, n=3, cutoff=0.6)
                 hint = f"did you mean {' or '.join(close)}?" if close else f"known: {', '.join(names)}"
                 raise MlxsmallError(f"--tasks: unknown task {part!r}; {hint}")
